@@ -1,0 +1,3 @@
+"""mmpretrain: multimodal contrastive pretraining (CLIP, SigLIP, CLAP-style) on WebDataset shards."""
+
+__version__ = "0.1.0"

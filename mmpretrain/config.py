@@ -1,0 +1,130 @@
+"""The run config: typed dataclasses (each defined beside the component it configures), loaded from YAML and
+overridden with `key.sub=value` arguments. Strict: an unknown key or a wrong type is a one-line ConfigError
+naming the key and where it came from, raised before any work starts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmpretrain.data.pipeline import DataConfig
+from mmpretrain.engine.schedule import OptimConfig
+from mmpretrain.errors import ConfigError
+from mmpretrain.eval.harness import EvalConfig, validate_tasks
+from mmpretrain.losses.modules import LossConfig
+from mmpretrain.models.towers import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: how long, on what, and how often to log, checkpoint and evaluate."""
+
+    steps: int = 1000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast; weights and optimizer stay fp32
+    log_every: int = 10
+    checkpoint_every: int = 0                     # 0 = only at the end
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    run_name: str = "run"
+    output_dir: str = "runs"          # the run directory is output_dir/run_name
+    data_root: str = "data"           # referenced in paths as ${data_root}
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    message = str(getattr(error, "msg", None) or error).splitlines()[0]
+    return f"{key}: {message}" if key else message
+
+
+def _merge(base, update, source: str):
+    try:
+        return OmegaConf.merge(base, update)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {_one_line(e)}") from None
+
+
+def _load_yaml(path: Path):
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return OmegaConf.create({})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return OmegaConf.create(data)
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Defaults <- YAML file <- `key.sub=value` overrides, validated against RunConfig."""
+    merged = OmegaConf.structured(RunConfig)
+    if path is not None:
+        merged = _merge(merged, _load_yaml(Path(path)), str(path))
+    for override in overrides:
+        if "=" not in override or override.startswith("="):
+            raise ConfigError(f"override {override!r}: expected key.sub=value")
+        merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
+    try:
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path or 'config'}: {_one_line(e)}") from None
+    source = str(path or "config") + (" + overrides" if overrides else "")
+    _validate(config, source)
+    return config
+
+
+def _validate(config: RunConfig, source: str) -> None:
+    """Value checks that types alone cannot express."""
+    checks = {
+        "train.steps": config.train.steps > 0,
+        "train.log_every": config.train.log_every > 0,
+        "train.checkpoint_every": config.train.checkpoint_every >= 0,
+        "data.batch_size": config.data.batch_size > 1,  # a contrastive batch needs negatives
+        "data.num_workers": config.data.num_workers >= 0,
+        "optim.lr": config.optim.lr > 0,
+        "optim.warmup_steps": config.optim.warmup_steps >= 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            value = OmegaConf.select(OmegaConf.structured(config), key)
+            raise ConfigError(f"{source}: {key}: invalid value {value!r}")
+    try:
+        validate_tasks(config.eval)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config, so a run directory says exactly what produced it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_to_yaml(config), encoding="utf-8")

@@ -1,0 +1,5 @@
+"""Errors that mean "your input is wrong", reported as one line without a traceback by the CLI."""
+
+
+class ConfigError(ValueError):
+    """A config (or the data/model it names) that cannot be used as written; the message names the key."""

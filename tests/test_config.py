@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+
+from mmpretrain.config import RunConfig, load_config, save_config
+from mmpretrain.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_without_a_file():
+    config = load_config(None)
+    assert isinstance(config, RunConfig)
+    assert config.model.name == "mmp-tiny-vit" and config.loss.name == "clip"
+
+
+def test_unknown_key_is_one_line_error_naming_key_and_file(tmp_path):
+    path = write(tmp_path, "optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "optim.lrr" in message and "'lr'" in message  # suggests the right key
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    path = write(tmp_path, "train:\n  steps: many\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: train.steps: .*many"):
+        load_config(path)
+
+
+def test_literal_choices_are_enforced(tmp_path):
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(write(tmp_path, "train: {precision: fp8}\n"))
+
+
+def test_overrides_win_over_file_and_are_typed(tmp_path):
+    path = write(tmp_path, "optim: {lr: 0.1}\ntrain: {steps: 5}\n")
+    config = load_config(path, ["optim.lr=2e-3", "data.train=[a,b]", "train.progress=false"])
+    assert config.optim.lr == pytest.approx(2e-3)
+    assert config.train.steps == 5
+    assert config.data.train == ["a", "b"] and config.train.progress is False
+
+
+def test_bad_override_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="override 'train.stepz=3': train.stepz"):
+        load_config(None, ["train.stepz=3"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(None, ["steps"])
+
+
+def test_value_checks_run_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(None, ["data.batch_size=1"])
+
+
+def test_data_root_interpolation(tmp_path):
+    path = write(tmp_path, "data_root: /shards\ndata:\n  train: ['${data_root}/a']\n")
+    assert load_config(path).data.train == ["/shards/a"]
+    assert load_config(path, ["data_root=/other"]).data.train == ["/other/a"]
+
+
+def test_invalid_yaml_and_non_mapping_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1,\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    config = load_config(Path("configs/demo.yaml"), ["train.steps=7"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_every_shipped_config_loads():
+    for path in sorted(Path("configs").rglob("*.yaml")):
+        if "deepspeed" not in path.parts:
+            load_config(path)
