@@ -1,0 +1,80 @@
+"""Build towers from open_clip's model factory: its named configs (ViT-B-32, RN50, ...) plus ours in
+configs/models/. We never write a ViT; we take open_clip's towers, tokenizer and transforms as they are."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import open_clip
+import torch
+from PIL import Image
+
+from mmpretrain.errors import ConfigError
+from mmpretrain.models.multitower import MultiTower
+from mmpretrain.paths import configs_dir
+
+log = logging.getLogger(__name__)
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+@dataclass
+class ModelConfig:
+    """Which open_clip model to build and how to initialise the contrastive head."""
+
+    name: str = "mmp-tiny-vit"                # open_clip config name, or one in configs/models/
+    pretrained: Optional[str] = None          # open_clip pretrained tag or local checkpoint path
+    init_logit_scale: Optional[float] = None  # log of the initial scale; None = open_clip's log(1/0.07)
+    init_logit_bias: Optional[float] = None   # set it (e.g. -10) to create the sigmoid loss's learnable bias
+    max_logit_scale: float = 100.0            # scale is clamped to this after each step, as in CLIP
+
+
+@dataclass
+class BuiltModel:
+    model: MultiTower
+    train_transform: ImageTransform
+    eval_transform: ImageTransform
+    tokenizer: Tokenizer
+
+
+_registered = False
+
+
+def register_project_configs() -> None:
+    """Make configs/models/*.json visible to open_clip's factory (once per process)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(configs_dir() / "models")
+        _registered = True
+
+
+def known_model_names() -> list[str]:
+    register_project_configs()
+    return list(open_clip.list_models())
+
+
+def build_model(config: ModelConfig) -> BuiltModel:
+    """Create the towers, transforms and tokenizer for `config.name` through open_clip."""
+    if config.name not in known_model_names():
+        raise ConfigError(f"model.name: unknown model {config.name!r}: not an open_clip config nor one in "
+                         f"{configs_dir() / 'models'} (see open_clip.list_models())")
+    head_kwargs = {}
+    if config.init_logit_scale is not None:
+        head_kwargs["init_logit_scale"] = config.init_logit_scale
+    if config.init_logit_bias is not None:
+        head_kwargs["init_logit_bias"] = config.init_logit_bias
+    # force_custom_text gives the text tower its own module (clip.text), so each tower is one nn.Module.
+    clip, train_transform, eval_transform = open_clip.create_model_and_transforms(
+        config.name, pretrained=config.pretrained, force_custom_text=True, **head_kwargs)
+    model = MultiTower(
+        towers={"image": clip.visual, "text": clip.text},
+        logit_scale=clip.logit_scale,
+        logit_bias=getattr(clip, "logit_bias", None),
+        max_logit_scale=config.max_logit_scale,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("built %s: %.2fM parameters", config.name, n_params / 1e6)
+    return BuiltModel(model, train_transform, eval_transform, open_clip.get_tokenizer(config.name))
