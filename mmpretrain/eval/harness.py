@@ -1,0 +1,200 @@
+"""The eval harness: typed task configs in, a flat ``{"<kind>/<name>/<metric>": value}`` dict out.
+
+It only needs a model with ``encode(modality, x, normalize=True)`` (see `EvalModel`), the eval image transform
+and a tokenizer, so the trainer, the CLI and data_tools all call the same `run_eval`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Protocol
+
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from tqdm import tqdm
+
+from mmpretrain.data.shards import expand_shards
+from mmpretrain.errors import ConfigError
+from mmpretrain.eval.datasets import is_image_folder, load_retrieval, load_zeroshot
+from mmpretrain.eval.retrieval import retrieval_metrics
+from mmpretrain.eval.templates import get_templates
+from mmpretrain.eval.zeroshot import Tokenizer, build_classifier, zeroshot_metrics
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+class EvalModel(Protocol):
+    """What the harness uses of a model: per-modality normalized embeddings, and train/eval mode."""
+
+    training: bool
+
+    def encode(self, modality: str, x: torch.Tensor, normalize: bool = True) -> torch.Tensor: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
+@dataclass
+class EvalTaskConfig:
+    """One eval set. `name` is the dataset part of the metric keys."""
+
+    name: str = ""                      # dataset name used in metric keys, e.g. "digits"
+    kind: Literal["zeroshot", "retrieval"] = "zeroshot"
+    data: str = ""                      # shard spec (dir/glob/brace) or image folder
+    label_key: str = "label"            # zero-shot: meta field holding the label
+    classnames: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)   # explicit templates, or
+    template_set: Optional[str] = None                    # a named set from templates.py
+    max_samples: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    """The eval tasks and how often the trainer runs them."""
+
+    tasks: list[EvalTaskConfig] = field(default_factory=list)
+    batch_size: int = 256
+    every_steps: int = 0                # 0 = only at the end of training
+
+
+def task_templates(task: EvalTaskConfig) -> list[str]:
+    """The task's explicit templates followed by its named set's (either may be empty)."""
+    named = get_templates(task.template_set) if task.template_set else []
+    return list(task.templates) + named
+
+
+def validate_tasks(config: EvalConfig) -> None:
+    """Fail before any work is done when a task cannot run; each error names the task."""
+    seen: set[tuple[str, str]] = set()
+    for index, task in enumerate(config.tasks):
+        label = f"eval task {index} ({task.name!r})"
+        if not task.name:
+            raise ConfigError(f"{label}: name is empty (it is used in the metric keys)")
+        if task.kind not in ("zeroshot", "retrieval"):
+            raise ConfigError(f"{label}: kind must be 'zeroshot' or 'retrieval', got {task.kind!r}")
+        if (task.kind, task.name) in seen:
+            raise ConfigError(f"{label}: another {task.kind} task has the same name")
+        seen.add((task.kind, task.name))
+        if not task.data:
+            raise ConfigError(f"{label}: data is empty (give a shard spec or an image folder)")
+        if task.kind != "zeroshot":
+            continue
+        try:
+            templates = task_templates(task)
+        except KeyError as err:
+            raise ConfigError(f"{label}: {err.args[0]}") from None
+        if not templates:
+            raise ConfigError(f"{label}: zero-shot needs templates or a template_set")
+        if not task.classnames and not is_image_folder(task.data):
+            raise ConfigError(f"{label}: zero-shot on shards needs classnames")
+    if config.batch_size < 1:
+        raise ConfigError(f"eval batch_size must be >= 1, got {config.batch_size}")
+
+
+def check_task_data(config: EvalConfig) -> None:
+    """Every task's data exists: checked when training starts, not minutes later at the first evaluation."""
+    for task in config.tasks:
+        if not is_image_folder(task.data):
+            try:
+                expand_shards(task.data)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"eval task {task.name!r}: {err}") from None
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def encode_images(model: EvalModel, images: Sequence[Image.Image], transform: ImageTransform, batch_size: int,
+                  device: str | torch.device, progress: bool = False, desc: str = "images") -> torch.Tensor:
+    """Normalized image embeddings [N, D] on CPU, computed `batch_size` images at a time."""
+    chunks = []
+    total = (len(images) + batch_size - 1) // batch_size
+    for batch in tqdm(_batches(images, batch_size), total=total, desc=desc, disable=not progress, leave=False):
+        pixels = torch.stack([transform(img) for img in batch]).to(device)
+        chunks.append(model.encode("image", pixels, normalize=True).float().cpu())
+    return torch.cat(chunks)
+
+
+def encode_texts(model: EvalModel, texts: Sequence[str], tokenizer: Tokenizer, batch_size: int,
+                 device: str | torch.device, progress: bool = False, desc: str = "texts") -> torch.Tensor:
+    """Normalized text embeddings [M, D] on CPU, computed `batch_size` texts at a time."""
+    chunks = []
+    total = (len(texts) + batch_size - 1) // batch_size
+    for batch in tqdm(_batches(texts, batch_size), total=total, desc=desc, disable=not progress, leave=False):
+        chunks.append(model.encode("text", tokenizer(list(batch)).to(device), normalize=True).float().cpu())
+    return torch.cat(chunks)
+
+
+def _run_zeroshot(model: EvalModel, transform: ImageTransform, tokenizer: Tokenizer, task: EvalTaskConfig,
+                  batch_size: int, device: str | torch.device, progress: bool) -> dict[str, float]:
+    data = load_zeroshot(task.data, task.classnames, task.label_key, task.max_samples)
+    classifier = build_classifier(model, tokenizer, data.classnames, task_templates(task), batch_size, device)
+    features = encode_images(model, data.images, transform, batch_size, device, progress, f"{task.name} images")
+    return zeroshot_metrics(features, torch.tensor(data.labels), classifier)
+
+
+def _run_retrieval(model: EvalModel, transform: ImageTransform, tokenizer: Tokenizer, task: EvalTaskConfig,
+                   batch_size: int, device: str | torch.device, progress: bool) -> dict[str, float]:
+    data = load_retrieval(task.data, task.max_samples)
+    texts = [caption for captions in data.captions for caption in captions]
+    owners = torch.tensor([i for i, captions in enumerate(data.captions) for _ in captions])
+    image_features = encode_images(model, data.images, transform, batch_size, device, progress,
+                                   f"{task.name} images")
+    text_features = encode_texts(model, texts, tokenizer, batch_size, device, progress, f"{task.name} texts")
+    return retrieval_metrics(image_features, text_features, owners)
+
+
+def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Tokenizer, config: EvalConfig,
+             device: str | torch.device = "cpu", progress: bool = True) -> dict[str, float]:
+    """Run every task and return the flat metric dict, e.g. ``{"zeroshot/digits/top1": 0.93, ...}``.
+
+    The model runs in eval mode without gradients and gets its previous train/eval mode back afterwards.
+    """
+    validate_tasks(config)
+    runners = {"zeroshot": _run_zeroshot, "retrieval": _run_retrieval}
+    results: dict[str, float] = {}
+    was_training = model.training
+    model.train(False)
+    try:
+        with torch.no_grad():
+            for task in tqdm(config.tasks, desc="eval", disable=not progress):
+                metrics = runners[task.kind](model, image_transform, tokenizer, task, config.batch_size,
+                                             device, progress)
+                results.update({f"{task.kind}/{task.name}/{name}": value for name, value in metrics.items()})
+    finally:
+        model.train(was_training)
+    return results
+
+
+def format_table(results: dict[str, float]) -> str:
+    """An aligned two-column text table of the metrics, sorted by key, values to four decimals."""
+    if not results:
+        return "(no eval results)"
+    values = {key: f"{value:.4f}" for key, value in sorted(results.items())}
+    key_width = max(len("metric"), *(len(key) for key in values))
+    value_width = max(len("value"), *(len(v) for v in values.values()))
+    lines = [f"{'metric':<{key_width}}  {'value':>{value_width}}", f"{'-' * key_width}  {'-' * value_width}"]
+    lines += [f"{key:<{key_width}}  {value:>{value_width}}" for key, value in values.items()]
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, float], config: EvalConfig | dict[str, Any] | None,
+                  path: str | Path) -> Path:
+    """Write the flat metrics as JSON and the config that produced them beside it as ``eval_config.yaml``.
+
+    `path` is the JSON file, or a directory to hold ``results.json``. Returns the JSON path.
+    """
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: float(v) for k, v in results.items()}, indent=2, sort_keys=True) + "\n")
+    if config is not None:
+        plain = asdict(config) if is_dataclass(config) and not isinstance(config, type) else config
+        (path.parent / "eval_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    return path

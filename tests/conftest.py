@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny shard sets written in the test, and a config that trains the micro towers."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220)}
+
+
+def _png(rgb: tuple[int, int, int], size: int = 16) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_colour_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, seed: int = 0) -> list[str]:
+    """Solid-colour images captioned with their colour; json carries the colour as the label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    names = list(COLOURS)
+    sizes, index = {}, 0
+    for s in range(n_shards):
+        name = f"shard-{s:06d}.tar"
+        with wds.TarWriter(str(folder / name)) as sink:
+            for _ in range(per_shard):
+                colour = names[index % len(names)]
+                jitter = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[colour])
+                sink.write({"__key__": f"{index:09d}", "png": _png(jitter), "txt": f"a {colour} square",
+                            "json": json.dumps({"label": colour, "index": index}).encode()})
+                index += 1
+        sizes[name] = per_shard
+    (folder / "sizes.json").write_text(json.dumps(sizes))
+    return [str(folder / f"shard-{s:06d}.tar") for s in range(n_shards)]
+
+
+@pytest.fixture
+def colour_shards(tmp_path: Path) -> Path:
+    folder = tmp_path / "colours"
+    write_colour_shards(folder)
+    return folder
+
+
+def micro_overrides(data_dir: Path, output_dir: Path, steps: int = 4) -> list[str]:
+    """Overrides that make any config train the micro towers on `data_dir` for a few steps."""
+    return [
+        "model.name=mmp-test-micro", f"data.train=[{data_dir}]", "data.batch_size=6", "data.num_workers=0",
+        "data.shuffle_buffer=8", f"train.steps={steps}", "train.log_every=2", "train.progress=false",
+        "train.device=cpu", "optim.warmup_steps=1", f"output_dir={output_dir}", "run_name=micro",
+    ]

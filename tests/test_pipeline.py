@@ -1,0 +1,62 @@
+import itertools
+
+import pytest
+import torch
+
+from mmpretrain.data.pipeline import DataConfig, assign_shards, build_train_loader, check_shard_count
+from mmpretrain.errors import ConfigError
+from mmpretrain.models import ModelConfig, build_model
+from tests.conftest import write_colour_shards
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return build_model(ModelConfig(name="mmp-test-micro"))
+
+
+def test_batches_have_model_input_shapes(colour_shards, micro):
+    config = DataConfig(train=[str(colour_shards)], batch_size=5, num_workers=0, shuffle_buffer=4)
+    loader, info = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
+    assert info.samples_per_epoch == 24 and len(info.shards) == 2
+    assert "24 samples per epoch from 2 shards" in info.describe()
+    batches = list(itertools.islice(iter(loader), 7))  # 35 samples: the stream runs past one epoch
+    for batch in batches:
+        assert batch["image"].shape == (5, 3, 32, 32) and batch["image"].dtype == torch.float32
+        assert batch["text"].shape == (5, 16) and batch["text"].dtype == torch.long
+
+
+def test_stream_runs_with_worker_processes(tmp_path, micro):
+    write_colour_shards(tmp_path / "s", n_shards=4, per_shard=6)
+    config = DataConfig(train=[str(tmp_path / "s")], batch_size=4, num_workers=2, shuffle_buffer=4)
+    loader, _ = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
+    batches = list(itertools.islice(iter(loader), 3))
+    assert all(b["image"].shape[0] == 4 for b in batches)
+
+
+@pytest.mark.parametrize("n_shards,slots", [(8, 4), (9, 4), (5, 1), (12, 6)])
+def test_readers_get_disjoint_shards_covering_all(n_shards, slots):
+    shards = [f"s{i}" for i in range(n_shards)]
+    for epoch in range(3):
+        parts = [assign_shards(shards, seed=1, epoch=epoch, slot=s, slots=slots) for s in range(slots)]
+        flat = [s for part in parts for s in part]
+        assert sorted(flat) == sorted(shards) and len(flat) == len(set(flat))
+
+
+def test_shard_order_changes_between_epochs_but_not_between_calls():
+    shards = [f"s{i}" for i in range(20)]
+    epoch0 = assign_shards(shards, 0, 0, 0, 1)
+    assert epoch0 == assign_shards(shards, 0, 0, 0, 1)
+    assert epoch0 != assign_shards(shards, 0, 1, 0, 1)
+
+
+def test_too_few_shards_for_readers_is_refused():
+    with pytest.raises(ConfigError, match="3 shards cannot feed 2 ranks x 2 workers"):
+        check_shard_count(3, world_size=2, num_workers=2)
+    check_shard_count(4, world_size=2, num_workers=2)
+
+
+def test_missing_or_empty_training_data_is_a_clear_error(tmp_path, micro):
+    with pytest.raises(ConfigError, match="data.train is empty"):
+        build_train_loader(DataConfig(train=[]), micro.train_transform, micro.tokenizer, seed=0)
+    with pytest.raises(FileNotFoundError, match="no shards found"):
+        build_train_loader(DataConfig(train=[str(tmp_path / "none")]), micro.train_transform, micro.tokenizer, 0)
