@@ -1,0 +1,57 @@
+"""Optimizer and learning-rate schedule: AdamW with linear warmup then cosine decay."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW hyper-parameters and the warmup + cosine schedule."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0            # cosine decays to lr * min_lr_ratio
+    grad_clip: Optional[float] = 1.0     # max global grad norm; None disables clipping
+
+
+def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Gains, biases, class tokens and the contrastive head's scale/bias are not decayed (as in CLIP)."""
+    return param.ndim < 2 or "logit_scale" in name or "logit_bias" in name
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _no_weight_decay(name, param) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    if len(config.betas) != 2:
+        raise ValueError(f"optim.betas must have two values, got {config.betas}")
+    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                             betas=(config.betas[0], config.betas[1]), eps=config.eps)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at `step`: linear warmup from ~0, then cosine down to `min_ratio`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total_steps, config.min_lr_ratio))
