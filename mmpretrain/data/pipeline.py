@@ -1,0 +1,116 @@
+"""Config -> stages -> loader: the streaming training pipeline over WebDataset shards.
+
+The stream is an endless run of epochs. In each epoch every rank and every DataLoader worker reads its own
+disjoint slice of the (seeded, per-epoch shuffled) shard list, so no sample is read twice in an epoch and
+nothing depends on a global `args`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mmpretrain.data.shards import expand_shards, iter_samples, read_sizes
+from mmpretrain.data.stages import decode_sample, shuffle, to_model_inputs
+from mmpretrain.errors import ConfigError
+from mmpretrain.models.towers import ImageTransform, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Training data: which shards, how they are shuffled and batched."""
+
+    train: list[str] = field(default_factory=list)  # shard specs (dir, glob or brace pattern); concatenated
+    batch_size: int = 128                            # per rank
+    num_workers: int = 2                             # DataLoader worker processes per rank
+    shuffle_buffer: int = 2000                       # samples held for shuffling, per worker
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the stream will read, stated at start so nobody trains on a silent subset."""
+
+    shards: list[str]
+    samples_per_epoch: int | None
+
+    def describe(self) -> str:
+        count = "unknown number of" if self.samples_per_epoch is None else f"{self.samples_per_epoch:,}"
+        return f"{count} samples per epoch from {len(self.shards)} shards (epochs repeat until the step budget)"
+
+
+def assign_shards(shards: list[str], seed: int, epoch: int, slot: int, slots: int) -> list[str]:
+    """The shards reader `slot` of `slots` (rank-major, then worker) reads in `epoch`.
+
+    The epoch's shard order is shuffled identically on every rank and worker (same seed and epoch), then
+    dealt round-robin, so the readers' slices are disjoint and together cover every shard once.
+    """
+    order = list(shards)
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order[slot::slots]
+
+
+class ShardStream(IterableDataset):
+    """An endless, seeded stream of model-ready samples over shards, split across ranks and workers."""
+
+    def __init__(self, shards: list[str], image_transform: ImageTransform, tokenizer: Tokenizer,
+                 shuffle_buffer: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.shards = shards
+        self.image_transform = image_transform
+        self.tokenizer = tokenizer
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+
+    def _my_shards(self, epoch: int) -> list[str]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+        return assign_shards(self.shards, self.seed, epoch, slot, slots)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = random.Random(f"{self.seed}-{self.rank}-{worker}")
+        for epoch in itertools.count():
+            shards = self._my_shards(epoch)
+            # Skip (and log) unreadable samples rather than kill the run; issue-level accounting comes later.
+            raw = iter_samples(shards, handler=wds.warn_and_continue)
+            produced = 0
+            for sample in shuffle((decode_sample(r) for r in raw), self.shuffle_buffer, rng):
+                produced += 1
+                yield to_model_inputs(sample, self.image_transform, self.tokenizer, rng)
+            if produced == 0:
+                raise RuntimeError(f"rank {self.rank} worker {worker} read no samples from shards {shards}")
+
+
+def check_shard_count(num_shards: int, world_size: int, num_workers: int) -> None:
+    """Fewer shards than readers leaves some reader idle forever: a known cause of hangs. Stop early instead."""
+    readers = world_size * max(num_workers, 1)
+    if num_shards < readers:
+        raise ConfigError(f"data: {num_shards} shards cannot feed {world_size} ranks x {max(num_workers, 1)} workers = "
+                         f"{readers} readers; write more, smaller shards or lower data.num_workers")
+
+
+def build_train_loader(config: DataConfig, image_transform: ImageTransform, tokenizer: Tokenizer, seed: int,
+                       rank: int = 0, world_size: int = 1) -> tuple[DataLoader, StreamInfo]:
+    """The training DataLoader (endless) and a description of what it reads."""
+    if not config.train:
+        raise ConfigError("data.train is empty: give at least one shard directory, glob or brace pattern")
+    shards = [shard for spec in config.train for shard in expand_shards(spec)]
+    check_shard_count(len(shards), world_size, config.num_workers)
+    info = StreamInfo(shards=shards, samples_per_epoch=read_sizes(shards))
+    stream = ShardStream(shards, image_transform, tokenizer, config.shuffle_buffer, seed, rank, world_size)
+    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
+                        persistent_workers=config.num_workers > 0, drop_last=True)
+    return loader, info
