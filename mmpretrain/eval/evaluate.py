@@ -24,11 +24,11 @@ def evaluate_checkpoint(config: RunConfig, run_dir: Optional[Path], checkpoint: 
     if not config.eval.tasks:
         raise ConfigError("eval.tasks is empty: nothing to evaluate")
     built = build_model(config.model)
-    source = checkpoint or (str(run_dir) if run_dir is not None else None)
-    if source is not None:
-        path = resolve_resume(Path(source), "latest") if Path(source).is_dir() else Path(source)
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"no checkpoint found at {source}")
+    if checkpoint is not None or run_dir is not None:
+        directory = run_dir / "checkpoints" if run_dir is not None else Path(".")
+        path = resolve_resume(directory, checkpoint or "latest")
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
         built.model.load_state_dict(load_checkpoint(path)["model"])
         log.info("evaluating %s", path)
     else:

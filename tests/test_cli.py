@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+
+from mmpretrain.cli import main
+from tests.conftest import micro_overrides
+from tests.test_train import eval_overrides
+
+
+def test_bad_override_exits_2_with_one_line_error(capsys):
+    assert main(["train", "configs/demo.yaml", "train.stepz=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "override 'train.stepz=1'" in err and "'steps'" in err  # names the source and suggests a fix
+
+
+def test_missing_config_and_missing_data_are_clear_errors(capsys, tmp_path):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert main(["train", "configs/demo.yaml", f"data_root={tmp_path}"]) == 2
+    assert "eval task 'digits'" in capsys.readouterr().err  # caught before training starts
+
+
+def test_train_then_eval_a_run_directory(colour_shards, tmp_path, capsys):
+    overrides = micro_overrides(colour_shards, tmp_path / "runs", steps=2) + eval_overrides(colour_shards)
+    assert main(["train", "demo", *overrides]) == 0
+    run_dir = tmp_path / "runs" / "micro"
+    assert (run_dir / "results.json").is_file()
+    assert main(["eval", str(run_dir)]) == 0
+    evaluated = json.loads((run_dir / "eval_results.json").read_text())
+    trained = json.loads((run_dir / "results.json").read_text())
+    # Evaluating the saved checkpoint reproduces the end-of-training evaluation.
+    assert evaluated.keys() == trained.keys()
+    for key in trained:
+        assert abs(evaluated[key] - trained[key]) < 1e-6, key
+    assert "zeroshot/colours/top1" in capsys.readouterr().out
+
+
+def test_console_entry_point_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "train" in done.stdout and "demo" in done.stdout
