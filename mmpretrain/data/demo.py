@@ -49,7 +49,7 @@ N_SHAPES_VAL = 500
 SINGLE_VAL_REPEATS = 10  # per colour x shape x size combination: 6 * 4 * 2 * 10 = 480 scenes
 
 _MARKER = ".demo_complete.json"
-_FORMAT_VERSION = 1  # bump when the generated data changes, so stale demo folders are rewritten
+_FORMAT_VERSION = 2  # bump when the generated data changes, so stale demo folders are rewritten
 _BACKGROUND = (215, 215, 215)
 _SUPERSAMPLE = 4  # draw at 4x and downsample: PIL's polygons have no anti-aliasing of their own
 
@@ -235,8 +235,10 @@ def render_scene(objects: list[ShapeObject]) -> Image.Image:
     return image.resize((SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE), Image.Resampling.BOX)
 
 
-def _noun_phrase(obj: ShapeObject, with_size: bool, article: str = "a") -> str:
-    words = ([obj.size] if with_size else []) + [obj.colour, obj.shape]
+def _noun_phrase(obj: ShapeObject, with_size: bool, article: str = "a", with_colour: bool = True,
+                 with_shape: bool = True) -> str:
+    words = ([obj.size] if with_size else []) + ([obj.colour] if with_colour else [])
+    words.append(obj.shape if with_shape else "shape")
     if article == "a" and words[0][0] in "aeiou":
         article = "an"  # "an orange square"
     return " ".join([article] + words)
@@ -244,9 +246,15 @@ def _noun_phrase(obj: ShapeObject, with_size: bool, article: str = "a") -> str:
 
 def scene_caption(objects: list[ShapeObject], rng: random.Random, canonical: bool) -> str:
     """One true caption of a scene. Canonical captions (held-out sets) always name sizes and use the first
-    phrasing of each relation; training captions vary phrasing and sometimes leave sizes out."""
+    phrasing of each relation; training captions vary phrasing and sometimes leave out the size, the colour or
+    the shape (saying "shape"), as real captions name only some attributes. Without that, colour alone tells
+    most captions in a batch apart and the towers never need to learn shape (the bag-of-words shortcut)."""
     def phrase(obj: ShapeObject, article: str = "a") -> str:
-        return _noun_phrase(obj, canonical or rng.random() < 0.75, article)
+        if canonical:
+            return _noun_phrase(obj, True, article)
+        dropped = rng.choices(["nothing", "colour", "shape"], weights=[0.6, 0.25, 0.15])[0]
+        return _noun_phrase(obj, rng.random() < 0.75, article, with_colour=dropped != "colour",
+                            with_shape=dropped != "shape")
 
     def rel(a: ShapeObject, b: ShapeObject) -> str:
         options = RELATION_PHRASES[relation(a, b)]
