@@ -1,18 +1,127 @@
-"""Contrastive losses as pure functions of features: no modules, no collectives, testable in one process."""
+"""Contrastive losses as pure functions of features: no modules, no collectives, testable in one process.
+
+Conventions (open_clip's): features are L2-normalized by the caller and `logit_scale` is already exponentiated,
+so a logit is `scale * <image, text> (+ bias)`.
+
+Shapes used throughout:
+- image features `[B, D]`;
+- positive captions `[B, D]` (one per image) or `[B, P, D]` (P positives per image, all ranks the same P);
+- hard-negative captions `[B * k, D]` or `[B, k, D]`: extra text columns that are never anyone's positive and
+  have no text->image row of their own.
+
+Each loss is split into a cheap *positive* term (one dot product per positive pair, computed locally with plain
+autograd) and an expensive *all-pairs* term (logsumexp or softplus over every row x column), passed in as a
+function so the same formula runs plain (`row_logsumexp`, `softplus_sum`) or blockwise (`mmpretrain.losses.blockwise`).
+"""
 
 from __future__ import annotations
+
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+# (rows [R, D], columns [M, D], scale) -> per-row logsumexp of the scaled logits, [R]
+RowLogSumExp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (rows [R, D], columns [M, D], scale, bias) -> sum over all pairs of softplus(scale * <r, c> + bias), scalar
+SoftplusSum = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def as_positives(text_features: torch.Tensor) -> torch.Tensor:
+    """Positive captions as `[B, P, D]`: a `[B, D]` batch has one positive per image."""
+    if text_features.dim() == 2:
+        return text_features.unsqueeze(1)
+    if text_features.dim() != 3:
+        raise ValueError(f"text_features must be [B, D] or [B, P, D], got shape {tuple(text_features.shape)}")
+    return text_features
+
+
+def as_negative_rows(negative_text_features: Optional[torch.Tensor], dim: int) -> Optional[torch.Tensor]:
+    """Hard negatives as `[B * k, D]` rows (or None): they are only ever columns, so their grouping is irrelevant."""
+    if negative_text_features is None:
+        return None
+    if negative_text_features.shape[-1] != dim or negative_text_features.dim() not in (2, 3):
+        raise ValueError(f"negative_text_features must be [B*k, {dim}] or [B, k, {dim}], "
+                         f"got shape {tuple(negative_text_features.shape)}")
+    return negative_text_features.reshape(-1, dim)
+
+
+def text_columns(positives: torch.Tensor, negatives: Optional[torch.Tensor]) -> torch.Tensor:
+    """The text side of the logits: positives flattened image-major (`[B * P, D]`), then the hard negatives."""
+    flat = positives.reshape(-1, positives.shape[-1])
+    return flat if negatives is None else torch.cat([flat, negatives], dim=0)
+
+
+def row_logsumexp(rows: torch.Tensor, columns: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Plain per-row logsumexp of `scale * rows @ columns.T`; holds the whole `[R, M]` logit matrix."""
+    return torch.logsumexp(scale * rows @ columns.T, dim=1)
+
+
+def softplus_sum(rows: torch.Tensor, columns: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+    """Plain sum of `softplus(logit)` = `-logsigmoid(-logit)`: every pair scored as a negative."""
+    return F.softplus(scale * rows @ columns.T + bias).sum()
+
+
+def positive_logits(image_features: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`[B, P]` scaled logits of each image with its own positive captions (no bias)."""
+    return scale * torch.einsum("bd,bpd->bp", image_features, positives)
+
+
+def softmax_local_loss(image_features: torch.Tensor, positives: torch.Tensor, all_image_features: torch.Tensor,
+                       all_text_columns: torch.Tensor, logit_scale: torch.Tensor,
+                       lse: RowLogSumExp = row_logsumexp) -> torch.Tensor:
+    """One rank's share of the global InfoNCE loss: its own rows against every column of the global batch.
+
+    `image_features [B, D]` and `positives [B, P, D]` are this rank's; `all_image_features [N, D]` and
+    `all_text_columns [M, D]` are the gathered global batch (texts, then negatives). Image->text: soft target,
+    uniform 1/P over the image's P positives, every text column (other positives included) in the denominator,
+    i.e. the mean over positives of the cross-entropy. Text->image: each positive caption is a row whose one
+    positive is its image; negatives have no row. With P = 1 and no negatives this is open_clip's
+    `ClipLoss(local_loss=True)`, and its mean over ranks is the loss of the concatenated global batch.
+    """
+    batch, num_pos, dim = positives.shape
+    pos = positive_logits(image_features, positives, logit_scale)
+    image_to_text = (lse(image_features, all_text_columns, logit_scale) - pos.mean(dim=1)).mean()
+    text_to_image = (lse(positives.reshape(batch * num_pos, dim), all_image_features, logit_scale)
+                     - pos.reshape(-1)).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def sigmoid_local_loss(image_features: torch.Tensor, positives: torch.Tensor, local_text_columns: torch.Tensor,
+                       logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                       negative_sum: SoftplusSum = softplus_sum) -> torch.Tensor:
+    """SigLIP loss of this rank's images against this rank's own text columns (the block holding the positives).
+
+    Every pair is first scored as a negative (`softplus(l)`), then each positive pair is corrected by the exact
+    identity `softplus(-l) - softplus(l) = -l`: "we know exactly where to find positives", so the all-pairs part
+    needs no label matrix and is the same kernel as for blocks from other ranks. Normalised by the local batch
+    size, as open_clip's `SigLipLoss`.
+    """
+    pos = positive_logits(image_features, positives, logit_scale) + logit_bias
+    all_pairs = negative_sum(image_features, local_text_columns, logit_scale, logit_bias)
+    return (all_pairs - pos.sum()) / image_features.shape[0]
+
 
 def softmax_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                             logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP): row i of each side is the positive of row i of the other.
+                             logit_scale: torch.Tensor,
+                             negative_text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP) of one whole batch in one process: row i of each side is the positive of row i.
 
-    Features are L2-normalized by the caller and `logit_scale` is already exponentiated (open_clip's
-    conventions), so logits are scaled cosine similarities.
+    `text_features` may carry several positives (`[B, P, D]`) and hard negatives may be added (see
+    `softmax_local_loss` for the exact targets).
     """
-    logits_per_image = logit_scale * image_features @ text_features.T
-    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.T, labels)) / 2
+    positives = as_positives(text_features)
+    negatives = as_negative_rows(negative_text_features, image_features.shape[-1])
+    return softmax_local_loss(image_features, positives, image_features, text_columns(positives, negatives),
+                              logit_scale)
+
+
+def sigmoid_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                             logit_scale: torch.Tensor, logit_bias: Optional[torch.Tensor],
+                             negative_text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pairwise sigmoid (SigLIP) loss of one whole batch in one process; positives/negatives as above."""
+    positives = as_positives(text_features)
+    negatives = as_negative_rows(negative_text_features, image_features.shape[-1])
+    bias = image_features.new_zeros(()) if logit_bias is None else logit_bias
+    return sigmoid_local_loss(image_features, positives, text_columns(positives, negatives), logit_scale, bias)

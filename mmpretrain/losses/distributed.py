@@ -1,0 +1,99 @@
+"""The collectives the losses need, all differentiable: gather with gradient and a ring shift.
+
+Everything degrades to the identity in one process (no process group, or a group of one), so the losses run
+unchanged under `python train.py` and under torchrun. Every rank must make the same calls in the same order:
+these are sync points, in forward and again (mirrored) in backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+ProcessGroup = Optional[dist.ProcessGroup]
+
+
+def rank_and_world_size(group: ProcessGroup = None) -> tuple[int, int]:
+    """This process's rank and the world size; (0, 1) when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def all_gather_with_grad(tensor: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0 (rank order), keeping the graph.
+
+    Backward sums each rank's gradient for every slice and hands each rank the total for its own slice
+    (a reduce-scatter), which is what makes per-rank local losses add up to the global-batch gradient.
+    """
+    if rank_and_world_size(group)[1] == 1:
+        return tensor
+    return _GatherRows.apply(tensor, group)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather into one buffer; backward reduces each slice to its owner in place.
+
+    Written out rather than `torch.distributed.nn.functional.all_gather` because that one's backward on gloo
+    emulates reduce-scatter with an all-to-all plus a stack, i.e. two more `[N, D]` buffers at the moment the
+    blockwise losses are at their peak; this one needs none beyond the incoming gradient itself.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        world_size = dist.get_world_size(group)
+        gathered = tensor.new_empty((world_size * tensor.shape[0], *tensor.shape[1:]))
+        dist.all_gather_into_tensor(gathered, tensor.contiguous(), group=group)
+        return gathered
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        rank, world_size = rank_and_world_size(ctx.group)
+        # The incoming gradient is ours to consume (nothing reads it after this node), so reduce in place.
+        slices = grad.contiguous().chunk(world_size)
+        for owner, part in enumerate(slices):
+            dist.reduce(part, dst=_global_rank(ctx.group, owner), op=dist.ReduceOp.SUM, group=ctx.group)
+        # Clone: a view would keep the whole [N, D] buffer alive inside the feature's gradient.
+        return slices[rank].clone(), None
+
+
+def _global_rank(group: ProcessGroup, group_rank: int) -> int:
+    # P2P ops address peers by global rank even inside a subgroup.
+    return group_rank if group is None else dist.get_global_rank(group, group_rank)
+
+
+def _exchange(tensor: torch.Tensor, send_to: int, receive_from: int, group: ProcessGroup) -> torch.Tensor:
+    """Send `tensor` to one peer and receive a same-shaped tensor from another, both posted at once."""
+    received = torch.empty_like(tensor)
+    ops = [dist.P2POp(dist.isend, tensor.contiguous(), _global_rank(group, send_to), group=group),
+           dist.P2POp(dist.irecv, received, _global_rank(group, receive_from), group=group)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()  # sync point: the next block needs the neighbour's features
+    return received
+
+
+class _Exchange(torch.autograd.Function):
+    """Send a tensor to one peer and receive one from another; the gradients make the mirrored trip."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, send_to: int, receive_from: int,
+                group: ProcessGroup) -> torch.Tensor:
+        ctx.send_to, ctx.receive_from, ctx.group = send_to, receive_from, group
+        return _exchange(tensor, send_to, receive_from, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], None, None, None]:
+        # The gradient of what we received belongs to the rank we received it from: send it back there, and
+        # take ours from the rank we sent to. Through autograd again, so a chain of hops unwinds hop by hop.
+        return _Exchange.apply(grad, ctx.receive_from, ctx.send_to, ctx.group), None, None, None
+
+
+def ring_shift_with_grad(tensor: torch.Tensor, group: ProcessGroup = None) -> torch.Tensor:
+    """The left neighbour's `tensor` (this rank's goes to the right neighbour), differentiably."""
+    rank, world_size = rank_and_world_size(group)
+    if world_size == 1:
+        return tensor
+    return _Exchange.apply(tensor, (rank + 1) % world_size, (rank - 1) % world_size, group)
