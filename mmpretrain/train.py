@@ -61,6 +61,23 @@ def evaluate(config: RunConfig, built: BuiltModel, device: torch.device, step: i
     return results
 
 
+def _restore(engine: LocalEngine, run_dir: Path, resume: Optional[str]) -> int:
+    """Load the checkpoint named by `resume` (if any) into the engine; return the step to continue from."""
+    checkpoint = resolve_resume(run_dir / "checkpoints", resume) if resume else None
+    if checkpoint is None:
+        return 0
+    state = load_checkpoint(checkpoint)
+    engine.load_state_dict(state)
+    log.warning("resumed from %s at step %d; the data stream restarts from its first epoch", checkpoint,
+                state["step"])
+    return int(state["step"])
+
+
+def _save(engine: LocalEngine, config: RunConfig, step: int) -> None:
+    state = {**engine.state_dict(), "step": step, "config": config_to_dict(config)}
+    save_checkpoint(config.run_dir / "checkpoints", step, state, config.train.keep_checkpoints)
+
+
 def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = False) -> TrainResult:
     """Train `config` to `train.steps`, evaluating every `eval.every_steps` and at the end."""
     check_task_data(config.eval)
@@ -75,52 +92,38 @@ def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = Fal
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     engine = LocalEngine(built.model, optimizer, scheduler, device, config.train.precision, config.optim.grad_clip)
     loss_fn = build_loss(config.loss)
+    start_step = _restore(engine, run_dir, resume)
 
-    start_step = 0
-    checkpoint = resolve_resume(run_dir / "checkpoints", resume) if resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        engine.load_state_dict(state)
-        start_step = state["step"]
-        log.warning("resumed from %s at step %d; the data stream restarts from its first epoch", checkpoint,
-                    start_step)
-
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
     results: dict[str, float] = {}
     loss = torch.tensor(float("nan"))
     progress = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
                     disable=not config.train.progress, dynamic_ncols=True)
     window_start, window_samples = time.perf_counter(), 0
     data = iter(loader)
-    for step in range(start_step + 1, config.train.steps + 1):
-        batch = next(data)
-        loss = engine.train_step(batch, loss_fn)
-        window_samples += batch["image"].shape[0]
-        progress.update(1)
+    with MetricsLog(run_dir / "metrics.jsonl") as metrics:
+        for step in range(start_step + 1, config.train.steps + 1):
+            batch = next(data)
+            loss = engine.train_step(batch, loss_fn)
+            window_samples += batch["image"].shape[0]
+            progress.update(1)
+            if step % config.train.log_every == 0 or step == config.train.steps:
+                samples_per_s = window_samples / (time.perf_counter() - window_start)
+                record = {"loss": loss.item(),  # .item() is a device sync point: only on log steps
+                          "lr": engine.lr, "logit_scale": engine.model.logit_scale.exp().item(),
+                          "samples_per_s": samples_per_s, "samples_seen": step * config.data.batch_size}
+                metrics.write(step, **record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
+                window_start, window_samples = time.perf_counter(), 0
+            if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
+                _save(engine, config, step)
+            if (config.eval.tasks and config.eval.every_steps and step % config.eval.every_steps == 0
+                    and step < config.train.steps):  # the final evaluation follows the loop
+                results = evaluate(config, built, device, step, metrics)
+        progress.close()
 
-        if step % config.train.log_every == 0 or step == config.train.steps:
-            elapsed = time.perf_counter() - window_start
-            record = {"loss": loss.item(),  # .item() is a device sync point: only on log steps
-                      "lr": engine.lr, "logit_scale": engine.model.logit_scale.exp().item(),
-                      "samples_per_s": window_samples / elapsed,
-                      "samples_seen": step * config.data.batch_size}
-            metrics.write(step, **record)
-            progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
-            window_start, window_samples = time.perf_counter(), 0
-        if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
-            save_checkpoint(run_dir / "checkpoints", step, {**engine.state_dict(), "step": step},
-                            config.train.keep_checkpoints)
-        if (config.eval.tasks and config.eval.every_steps and step % config.eval.every_steps == 0
-                and step < config.train.steps):  # the final evaluation follows the loop
-            results = evaluate(config, built, device, step, metrics)
-    progress.close()
-
-    save_checkpoint(run_dir / "checkpoints", config.train.steps,
-                    {**engine.state_dict(), "step": config.train.steps, "config": config_to_dict(config)},
-                    config.train.keep_checkpoints)
-    if config.eval.tasks:
-        results = evaluate(config, built, device, config.train.steps, metrics)
-        write_results(results, None, run_dir / "results.json")
-        print(format_table(results))
-    metrics.close()
+        _save(engine, config, config.train.steps)
+        if config.eval.tasks:
+            results = evaluate(config, built, device, config.train.steps, metrics)
+            write_results(results, None, run_dir / "results.json")
+            print(format_table(results))
     return TrainResult(run_dir=run_dir, final_loss=float(loss.item()), results=results)
