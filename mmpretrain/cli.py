@@ -84,7 +84,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mmpretrain").setLevel(logging.INFO)
     commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
     try:
         return commands[args.command](args)

@@ -103,6 +103,9 @@ def _validate(config: RunConfig, source: str) -> None:
         "train.checkpoint_every": config.train.checkpoint_every >= 0,
         "data.batch_size": config.data.batch_size > 1,  # a contrastive batch needs negatives
         "data.num_workers": config.data.num_workers >= 0,
+        "data.positives_per_sample": config.data.positives_per_sample >= 1,
+        "data.negatives_per_sample": config.data.negatives_per_sample >= 0,
+        "loss.chunk_size": config.loss.chunk_size is None or config.loss.chunk_size > 0,
         "optim.lr": config.optim.lr > 0,
         "optim.warmup_steps": config.optim.warmup_steps >= 0,
     }
@@ -110,6 +113,9 @@ def _validate(config: RunConfig, source: str) -> None:
         if not ok:
             value = OmegaConf.select(OmegaConf.structured(config), key)
             raise ConfigError(f"{source}: {key}: invalid value {value!r}")
+    if config.loss.name == "siglip" and config.model.init_logit_bias is None:
+        raise ConfigError(f"{source}: loss.name=siglip needs the learnable bias: set model.init_logit_bias "
+                          "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
     try:
         validate_tasks(config.eval)
     except ConfigError as e:

@@ -20,8 +20,11 @@ def _png(rgb: tuple[int, int, int], size: int = 16) -> bytes:
     return buffer.getvalue()
 
 
-def write_colour_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, seed: int = 0) -> list[str]:
-    """Solid-colour images captioned with their colour; json carries the colour as the label."""
+def write_colour_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, seed: int = 0,
+                        hard_negatives: bool = False) -> list[str]:
+    """Solid-colour images captioned with their colour; json carries the colour as the label.
+
+    With `hard_negatives`, each sample has two captions and a .neg.json naming the other colours."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     names = list(COLOURS)
@@ -32,8 +35,13 @@ def write_colour_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, se
             for _ in range(per_shard):
                 colour = names[index % len(names)]
                 jitter = tuple(min(255, max(0, c + rng.randint(-20, 20))) for c in COLOURS[colour])
-                sink.write({"__key__": f"{index:09d}", "png": _png(jitter), "txt": f"a {colour} square",
-                            "json": json.dumps({"label": colour, "index": index}).encode()})
+                sample = {"__key__": f"{index:09d}", "png": _png(jitter), "txt": f"a {colour} square",
+                          "json": json.dumps({"label": colour, "index": index}).encode()}
+                if hard_negatives:
+                    sample["txt"] += f"\nsomething {colour}"
+                    others = [f"a {other} square" for other in names if other != colour]
+                    sample["neg.json"] = json.dumps(others).encode()
+                sink.write(sample)
                 index += 1
         sizes[name] = per_shard
     (folder / "sizes.json").write_text(json.dumps(sizes))

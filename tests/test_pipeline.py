@@ -60,3 +60,22 @@ def test_missing_or_empty_training_data_is_a_clear_error(tmp_path, micro):
         build_train_loader(DataConfig(train=[]), micro.train_transform, micro.tokenizer, seed=0)
     with pytest.raises(FileNotFoundError, match="no shards found"):
         build_train_loader(DataConfig(train=[str(tmp_path / "none")]), micro.train_transform, micro.tokenizer, 0)
+
+
+def test_multi_positive_and_hard_negative_batches(tmp_path, micro):
+    write_colour_shards(tmp_path / "neg", n_shards=1, per_shard=8, hard_negatives=True)
+    config = DataConfig(train=[str(tmp_path / "neg")], batch_size=4, num_workers=0, shuffle_buffer=1,
+                        positives_per_sample=2, negatives_per_sample=3)
+    loader, _ = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
+    batch = next(iter(loader))
+    assert batch["text"].shape == (4, 2, 16) and batch["negative_text"].shape == (4, 3, 16)
+    # The hard negatives of a sample name the other colours, never its own caption.
+    for texts, negatives in zip(batch["text"], batch["negative_text"]):
+        assert not {tuple(t.tolist()) for t in texts} & {tuple(n.tolist()) for n in negatives}
+
+
+def test_hard_negatives_requested_but_absent_is_a_clear_error(colour_shards, micro):
+    config = DataConfig(train=[str(colour_shards)], batch_size=4, num_workers=0, negatives_per_sample=1)
+    loader, _ = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
+    with pytest.raises(ValueError, match=r"no hard negatives \(<key>.neg.json\)"):
+        next(iter(loader))

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ from mmpretrain.config import load_config
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.metrics import read_metrics
 from mmpretrain.engine.schedule import OptimConfig, build_optimizer, build_scheduler
-from mmpretrain.losses import ClipLoss
+from mmpretrain.errors import ConfigError
+from mmpretrain.losses import ClipLoss, SigLipLoss
 from mmpretrain.models import ModelConfig, build_model
 from mmpretrain.train import train
 from tests.conftest import micro_overrides
@@ -32,6 +34,32 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
              "text": built.tokenizer([f"caption number {i}" for i in range(8)])}
     losses = [engine.train_step(batch, ClipLoss()).item() for _ in range(15)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("loss", [ClipLoss(), SigLipLoss(chunk_size=4)])
+def test_steps_with_several_positives_and_hard_negatives_lower_the_loss(loss):
+    torch.manual_seed(0)
+    built = build_model(ModelConfig(name="mmp-test-micro", init_logit_bias=-10.0))
+    config = OptimConfig(lr=3e-3, warmup_steps=1, weight_decay=0.0)
+    optimizer = build_optimizer(built.model, config)
+    engine = LocalEngine(built.model, optimizer, build_scheduler(optimizer, config, 100), torch.device("cpu"))
+    tokens = built.tokenizer([f"caption number {i}" for i in range(16)])
+    batch = {"image": torch.randn(4, 3, 32, 32), "text": tokens[:8].view(4, 2, -1),
+             "negative_text": tokens[8:].view(4, 2, -1)}
+    losses = [engine.train_step(batch, loss).item() for _ in range(12)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_siglip_trains_from_config_and_needs_its_bias(colour_shards, tmp_path):
+    overrides = micro_overrides(colour_shards, tmp_path / "runs", steps=3) + ["eval.tasks=[]", "loss.name=siglip"]
+    with pytest.raises(ConfigError, match="model.init_logit_bias"):
+        load_config("configs/demo.yaml", overrides)
+    config = load_config("configs/demo.yaml", overrides + ["model.init_logit_bias=-10", "model.init_logit_scale=2.3",
+                                                           "loss.chunk_size=4"])
+    result = train(config)
+    assert math.isfinite(result.final_loss)
+    records = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "loss" in r]
+    assert records and records[0]["logit_scale"] == pytest.approx(10.0, rel=0.05)
 
 
 def test_train_writes_run_directory_and_resumes(colour_shards, tmp_path):

@@ -33,6 +33,8 @@ class DataConfig:
     batch_size: int = 128                            # per rank
     num_workers: int = 2                             # DataLoader worker processes per rank
     shuffle_buffer: int = 2000                       # samples held for shuffling, per worker
+    positives_per_sample: int = 1                    # >1: that many captions per sample, all positives
+    negatives_per_sample: int = 0                    # >0: hard-negative captions per sample from .neg.json
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,12 @@ class ShardStream(IterableDataset):
     """An endless, seeded stream of model-ready samples over shards, split across ranks and workers."""
 
     def __init__(self, shards: list[str], image_transform: ImageTransform, tokenizer: Tokenizer,
-                 shuffle_buffer: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+                 config: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
         self.shards = shards
         self.image_transform = image_transform
         self.tokenizer = tokenizer
-        self.shuffle_buffer = shuffle_buffer
+        self.config = config
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -87,9 +89,10 @@ class ShardStream(IterableDataset):
             # Skip (and log) unreadable samples rather than kill the run; issue-level accounting comes later.
             raw = iter_samples(shards, handler=wds.warn_and_continue)
             produced = 0
-            for sample in shuffle((decode_sample(r) for r in raw), self.shuffle_buffer, rng):
+            for sample in shuffle((decode_sample(r) for r in raw), self.config.shuffle_buffer, rng):
                 produced += 1
-                yield to_model_inputs(sample, self.image_transform, self.tokenizer, rng)
+                yield to_model_inputs(sample, self.image_transform, self.tokenizer, rng,
+                                      self.config.positives_per_sample, self.config.negatives_per_sample)
             if produced == 0:
                 raise RuntimeError(f"rank {self.rank} worker {worker} read no samples from shards {shards}")
 
@@ -110,7 +113,7 @@ def build_train_loader(config: DataConfig, image_transform: ImageTransform, toke
     shards = [shard for spec in config.train for shard in expand_shards(spec)]
     check_shard_count(len(shards), world_size, config.num_workers)
     info = StreamInfo(shards=shards, samples_per_epoch=read_sizes(shards))
-    stream = ShardStream(shards, image_transform, tokenizer, config.shuffle_buffer, seed, rank, world_size)
+    stream = ShardStream(shards, image_transform, tokenizer, config, seed, rank, world_size)
     loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, drop_last=True)
     return loader, info

@@ -10,7 +10,7 @@ import io
 import json
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ class Sample:
     image: Image.Image
     captions: list[str]
     meta: dict[str, Any]
+    negatives: list[str] = field(default_factory=list)  # hard-negative captions from <key>.neg.json
 
 
 def _first_member(raw: RawSample, extensions: tuple[str, ...]) -> bytes | None:
@@ -66,12 +67,23 @@ def decode_sample(raw: RawSample) -> Sample:
     if not captions:
         raise ValueError(f"sample {key!r} has an empty caption")
     meta = json.loads(raw["json"].decode("utf-8")) if raw.get("json") is not None else {}
-    return Sample(key=key, image=decode_image(image_bytes), captions=captions, meta=meta)
+    negatives = decode_negatives(raw["neg.json"], key) if raw.get("neg.json") is not None else []
+    return Sample(key=key, image=decode_image(image_bytes), captions=captions, meta=meta, negatives=negatives)
 
 
-def choose_caption(sample: Sample, rng: random.Random) -> str:
-    """Pick one of a sample's captions (caption sampling when a sample carries several)."""
-    return sample.captions[0] if len(sample.captions) == 1 else rng.choice(sample.captions)
+def decode_negatives(data: bytes, key: str) -> list[str]:
+    """A .neg.json member is a JSON list of hard-negative captions (strings); empty strings are dropped."""
+    negatives = json.loads(data.decode("utf-8"))
+    if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+        raise ValueError(f"sample {key!r}: .neg.json must be a JSON list of strings")
+    return [n.strip() for n in negatives if n.strip()]
+
+
+def choose(options: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` of `options`: distinct while there are enough, then drawn again (so batches keep one shape)."""
+    if count <= len(options):
+        return rng.sample(options, count)
+    return options + rng.choices(options, k=count - len(options))
 
 
 def shuffle(samples: Iterator[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
@@ -92,9 +104,18 @@ def shuffle(samples: Iterator[Any], buffer_size: int, rng: random.Random) -> Ite
 
 
 def to_model_inputs(sample: Sample, image_transform: Callable[[Image.Image], torch.Tensor],
-                    tokenize: Callable[[list[str]], torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
-    """Turn a decoded sample into the per-modality tensors the towers consume."""
-    return {
-        "image": image_transform(sample.image),
-        "text": tokenize([choose_caption(sample, rng)])[0],
-    }
+                    tokenize: Callable[[list[str]], torch.Tensor], rng: random.Random, positives: int = 1,
+                    negatives: int = 0) -> dict[str, torch.Tensor]:
+    """Turn a decoded sample into the tensors the towers consume.
+
+    `text` is one sampled caption [ctx], or `positives` > 1 of them [P, ctx] for the multi-positive loss;
+    `negatives` > 0 adds `negative_text` [k, ctx] drawn from the sample's hard negatives.
+    """
+    captions = tokenize(choose(sample.captions, positives, rng))
+    inputs = {"image": image_transform(sample.image), "text": captions[0] if positives == 1 else captions}
+    if negatives > 0:
+        if not sample.negatives:
+            raise ValueError(f"sample {sample.key!r} has no hard negatives (<key>.neg.json) but "
+                             f"data.negatives_per_sample={negatives}")
+        inputs["negative_text"] = tokenize(choose(sample.negatives, negatives, rng))
+    return inputs

@@ -41,8 +41,10 @@ class LocalEngine:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with self._autocast:
             features = self.model(batch)
+            # text is [B, D] or [B, P, D] (P positive captions); hard negatives, when the batch has them, are
+            # extra text columns that are nobody's positive.
             loss = loss_fn(features["image"], features["text"], self.model.logit_scale.exp(),
-                           self.model.logit_bias)
+                           self.model.logit_bias, negative_text_features=features.get("negative_text"))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
