@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain.data.pipeline import DataConfig
+from mmpretrain.engine.factory import EngineConfig
 from mmpretrain.engine.schedule import OptimConfig
 from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import EvalConfig, validate_tasks
@@ -45,6 +46,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

@@ -7,6 +7,7 @@ import torch
 from mmpretrain.config import load_config
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.metrics import read_metrics
+from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.engine.schedule import OptimConfig, build_optimizer, build_scheduler
 from mmpretrain.errors import ConfigError
 from mmpretrain.losses import ClipLoss, SigLipLoss
@@ -29,10 +30,11 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     built = build_model(ModelConfig(name="mmp-test-micro"))
     config = OptimConfig(lr=3e-3, warmup_steps=1, weight_decay=0.0)
     optimizer = build_optimizer(built.model, config)
-    engine = LocalEngine(built.model, optimizer, build_scheduler(optimizer, config, 100), torch.device("cpu"))
+    engine = LocalEngine(ContrastiveObjective(built.model, ClipLoss()), optimizer,
+                         build_scheduler(optimizer, config, 100), torch.device("cpu"))
     batch = {"image": torch.randn(8, 3, 32, 32),
              "text": built.tokenizer([f"caption number {i}" for i in range(8)])}
-    losses = [engine.train_step(batch, ClipLoss()).item() for _ in range(15)]
+    losses = [engine.train_step(batch).item() for _ in range(15)]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -42,11 +44,12 @@ def test_steps_with_several_positives_and_hard_negatives_lower_the_loss(loss):
     built = build_model(ModelConfig(name="mmp-test-micro", init_logit_bias=-10.0))
     config = OptimConfig(lr=3e-3, warmup_steps=1, weight_decay=0.0)
     optimizer = build_optimizer(built.model, config)
-    engine = LocalEngine(built.model, optimizer, build_scheduler(optimizer, config, 100), torch.device("cpu"))
+    engine = LocalEngine(ContrastiveObjective(built.model, loss), optimizer, build_scheduler(optimizer, config, 100),
+                         torch.device("cpu"))
     tokens = built.tokenizer([f"caption number {i}" for i in range(16)])
     batch = {"image": torch.randn(4, 3, 32, 32), "text": tokens[:8].view(4, 2, -1),
              "negative_text": tokens[8:].view(4, 2, -1)}
-    losses = [engine.train_step(batch, loss).item() for _ in range(12)]
+    losses = [engine.train_step(batch).item() for _ in range(12)]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0], losses
 
 

@@ -53,7 +53,10 @@ class MultiTower(nn.Module):
         return {key: self.encode(ENCODED_AS.get(key, key), x) for key, x in batch.items()
                 if ENCODED_AS.get(key, key) in self.towers}
 
-    @torch.no_grad()
-    def clamp_logit_scale(self) -> None:
-        """Keep the temperature in [1, max]: CLIP clamps at 100 to stop the scale from running away."""
-        self.logit_scale.clamp_(0, self.max_log_scale)
+    def scale(self) -> torch.Tensor:
+        """The exponentiated logit scale, kept in [1, max] as CLIP does (at 100) so it cannot run away.
+
+        Clamped functionally rather than in place after the optimizer step: under DeepSpeed the optimizer owns
+        an fp32 master copy that an in-place clamp of the parameter would not reach.
+        """
+        return self.logit_scale.clamp(0, self.max_log_scale).exp()

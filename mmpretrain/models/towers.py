@@ -67,8 +67,11 @@ def build_model(config: ModelConfig) -> BuiltModel:
     if config.init_logit_bias is not None:
         head_kwargs["init_logit_bias"] = config.init_logit_bias
     # force_custom_text gives the text tower its own module (clip.text), so each tower is one nn.Module.
+    # nonscalar_logit_scale makes scale and bias shape [1]: DeepSpeed 0.19's start-up broadcast views every
+    # parameter as bytes, which fails on 0-dim tensors. Export squeezes them back to open_clip's scalars.
     clip, train_transform, eval_transform = open_clip.create_model_and_transforms(
-        config.name, pretrained=config.pretrained, force_custom_text=True, **head_kwargs)
+        config.name, pretrained=config.pretrained, force_custom_text=True, nonscalar_logit_scale=True,
+        **head_kwargs)
     model = MultiTower(
         towers={"image": clip.visual, "text": clip.text},
         logit_scale=clip.logit_scale,

@@ -1,0 +1,137 @@
+"""The DeepSpeed engine: ZeRO stage 0-3, fp32 or bf16, gradient clipping, optional optimizer offload.
+
+The only module that imports deepspeed. It has the LocalEngine's methods, so the training loop is the same for
+one process and for N. Checkpoints are DeepSpeed's own (sharded optimizer state, exact resume) in
+`checkpoints/step-XXXXXXXXX/`, plus a consolidated `checkpoints/step-XXXXXXXXX.pt` with the full model for
+evaluation and export, written by rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mmpretrain.engine.checkpoint import save_checkpoint
+from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.errors import ConfigError
+from mmpretrain.paths import configs_dir
+
+_TAG = re.compile(r"^step-(\d{9})$")
+
+
+def load_deepspeed_config(name_or_path: str) -> dict[str, Any]:
+    """A DeepSpeed JSON by path or by name under configs/deepspeed/ (`zero2`)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = configs_dir() / "deepspeed" / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ConfigError(f"engine.deepspeed_config: {name_or_path!r} is neither a file nor a name under "
+                          f"{configs_dir() / 'deepspeed'}")
+    config = json.loads(path.read_text())
+    config.pop("_comment", None)
+    return config
+
+
+def build_deepspeed_config(base: Mapping[str, Any], batch_size: int, precision: str,
+                           grad_clip: Optional[float], offload_optimizer: bool) -> dict[str, Any]:
+    """The run config decides batch, precision and clipping; the JSON decides ZeRO. One source for each."""
+    config = {k: v for k, v in base.items() if k not in ("train_batch_size", "fp16", "bf16")}
+    config.update({
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip or 0.0,
+        "bf16": {"enabled": precision == "bf16"},
+        "steps_per_print": 10**12,  # we log ourselves
+    })
+    if offload_optimizer:
+        zero = dict(config.get("zero_optimization", {}))
+        if zero.get("stage", 0) == 0:
+            raise ConfigError("engine.offload_optimizer needs ZeRO stage >= 1")
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        config["zero_optimization"] = zero
+    return config
+
+
+def _tags(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in directory.iterdir() if p.is_dir() and (m := _TAG.match(p.name)))
+
+
+class DeepSpeedEngine:
+    def __init__(self, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, ds_config: dict[str, Any]) -> None:
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=objective, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.objective = objective
+        self.model = objective.model
+        self.device = self.engine.device
+        self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        self.engine.train()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        loss = self.engine(batch)
+        self.engine.backward(loss)
+        self.engine.step()  # clips, steps the optimizer and the lr schedule
+        return loss.detach()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def logit_scale(self) -> float:
+        """The temperature scale used in the last forward (read from there: under ZeRO-3 the parameter
+        itself is an empty partition outside forward)."""
+        return float(self.objective.last_logit_scale)
+
+    @contextlib.contextmanager
+    def full_model(self) -> Iterator[nn.Module]:
+        """The whole model on every rank, for evaluation and export. Under ZeRO-3 every rank must enter: the
+        partitioned parameters are gathered (a collective) and released on exit."""
+        if self.stage < 3:
+            yield self.model
+            return
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
+            yield self.model
+
+    def save(self, directory: Path, step: int, extra: dict[str, Any], keep: int) -> None:
+        """Every rank writes its shard; rank 0 then writes the consolidated model and prunes old checkpoints."""
+        tag = f"step-{step:09d}"
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})
+        with self.full_model() as model:
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if dist.get_rank() == 0:
+            save_checkpoint(directory, step, {"model": state, "step": step, **extra}, keep)
+            for _, old in _tags(directory)[:-keep] if keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def restore(self, directory: Path, resume: str) -> Optional[tuple[Path, int]]:
+        """Load DeepSpeed's checkpoint (`latest` = newest tag); None when there is none yet."""
+        if resume == "latest":
+            tags = _tags(directory)
+            if not tags:
+                return None
+            path = tags[-1][1]
+        else:
+            path = Path(resume)
+            if path.suffix == ".pt":  # the consolidated file names its DeepSpeed directory
+                path = path.with_suffix("")
+            if not path.is_dir():
+                raise FileNotFoundError(f"DeepSpeed checkpoint directory {path} not found")
+        _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
+        if client_state is None:
+            raise FileNotFoundError(f"could not load DeepSpeed checkpoint {path}")
+        return path, int(client_state["step"])

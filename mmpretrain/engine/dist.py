@@ -1,0 +1,104 @@
+"""Process start and shutdown: which rank this is, under torchrun, the deepspeed launcher, srun, or alone.
+
+torchrun and the deepspeed launcher export RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; a plain
+`srun` exports only SLURM_* variables, from which the same facts are derived. No variables at all means one
+process and no process group. NCCL on GPU, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: Optional[str]
+    master_port: Optional[int]
+    launcher: str  # "torchrun" (or the deepspeed launcher), "srun" or "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM nodelist: "gpu[03-05,7],cpu1" -> "gpu03" (the rendezvous host)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if match is None or not match.group(1):
+        raise ValueError(f"cannot parse SLURM nodelist {nodelist!r}")
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def detect_process(env: Mapping[str, str] = os.environ) -> ProcessInfo:
+    """Read this process's place in the job from the launcher's environment variables."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        port = env.get("MASTER_PORT")
+        return ProcessInfo(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]),
+                           env.get("MASTER_ADDR"), int(port) if port else None, "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        addr = env.get("MASTER_ADDR") or (first_host(nodelist) if nodelist else None)
+        port = int(env.get("MASTER_PORT", DEFAULT_PORT))
+        return ProcessInfo(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]),
+                           addr, port, "srun")
+    return ProcessInfo(0, 0, 1, None, None, "single")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(info: ProcessInfo, require_group: bool = False, timeout_minutes: int = 30) -> None:
+    """Join the process group. A single process gets a group of one only when `require_group` (DeepSpeed
+    needs one even alone), on a free local port."""
+    if dist.is_initialized() or not (info.distributed or require_group):
+        return
+    if not info.distributed and info.master_addr is None:
+        info = ProcessInfo(0, 0, 1, "127.0.0.1", _free_port(), info.launcher)
+    if info.master_addr is None or info.master_port is None:
+        raise RuntimeError(f"{info.launcher}: world size {info.world_size} but no MASTER_ADDR/MASTER_PORT")
+    # torch's env:// rendezvous reads these; srun alone does not set them.
+    os.environ.setdefault("MASTER_ADDR", info.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(info.master_port))
+    for name, value in (("RANK", info.rank), ("LOCAL_RANK", info.local_rank), ("WORLD_SIZE", info.world_size)):
+        os.environ.setdefault(name, str(value))  # DeepSpeed reads them even when the group exists
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size,
+                            timeout=timedelta(minutes=timeout_minutes))
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: a barrier, then destroy (gloo may abort at exit otherwise)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,38 @@
+"""Pick the engine a config names. deepspeed is imported only when it is asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+import torch
+
+from mmpretrain.engine.local import LocalEngine
+from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.errors import ConfigError
+
+
+@dataclass
+class EngineConfig:
+    """`local`: one process, plain PyTorch. `deepspeed`: one process or N (torchrun / srun), ZeRO 0-3."""
+
+    name: Literal["local", "deepspeed"] = "local"
+    deepspeed_config: str = "zero2"     # a name under configs/deepspeed/ or a path to a DeepSpeed JSON
+    offload_optimizer: bool = False     # ZeRO >= 1: optimizer state in CPU memory
+
+
+def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, precision: str,
+                 grad_clip: Optional[float], batch_size: int, world_size: int
+                 ) -> Union[LocalEngine, "DeepSpeedEngine"]:  # noqa: F821
+    if config.name == "local":
+        if world_size > 1:
+            raise ConfigError(f"engine.name=local runs one process, but this job has {world_size}: "
+                              "use engine.name=deepspeed for multi-process training")
+        return LocalEngine(objective, optimizer, scheduler, device, precision, grad_clip)
+    from mmpretrain.engine.deepspeed import DeepSpeedEngine, build_deepspeed_config, load_deepspeed_config
+
+    ds_config = build_deepspeed_config(load_deepspeed_config(config.deepspeed_config), batch_size, precision,
+                                       grad_clip, config.offload_optimizer)
+    objective.to(device)
+    return DeepSpeedEngine(objective, optimizer, scheduler, ds_config)
