@@ -1,0 +1,177 @@
+"""Export a training checkpoint to open_clip's format, so anyone can load our model without mmpretrain.
+
+The output folder is what open_clip's hf-hub / `local-dir:` loader reads (the same layout `push_to_hf_hub` writes):
+`open_clip_config.json` ({"model_cfg", "preprocess_cfg"}) plus `open_clip_model.safetensors` and/or
+`open_clip_pytorch_model.bin`. Both of these then load it and give our embeddings:
+
+    open_clip.create_model_and_transforms("local-dir:" + str(out))
+    open_clip.create_model_and_transforms(name, pretrained=str(out / "open_clip_model.safetensors"))
+
+The second needs open_clip to know `name` (for ours: `open_clip.add_model_config("<repo>/configs/models")`) and,
+for a model with a sigmoid-loss bias, `init_logit_bias=<any float>` so that open_clip creates the `logit_bias` key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+from mmpretrain.config import config_to_dict, load_config
+from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint
+from mmpretrain.models.towers import register_project_configs
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHT_NAMES = {"safetensors": "open_clip_model.safetensors", "bin": "open_clip_pytorch_model.bin"}
+
+StateDict = dict[str, torch.Tensor]
+
+
+def export_open_clip(source: Path, out: Path, formats: tuple[str, ...] = ("safetensors", "bin"),
+                     overwrite: bool = False) -> Path:
+    """Write the newest checkpoint of run directory `source` (or checkpoint file `source`) to `out` as open_clip.
+
+    Atomic: everything is written into a temp folder beside `out`, checked, then renamed into place, so `out` is
+    either absent/old or complete. An existing non-empty `out` is refused unless `overwrite`.
+    """
+    source, out = Path(source), Path(out)
+    unknown = set(formats) - set(WEIGHT_NAMES)
+    if unknown or not formats:
+        raise ValueError(f"formats: expected some of {sorted(WEIGHT_NAMES)}, got {list(formats)}")
+    if _is_non_empty(out) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+
+    checkpoint_file = _resolve_checkpoint(source)
+    checkpoint = load_checkpoint(checkpoint_file)
+    model_config = _model_section(checkpoint, checkpoint_file)
+    model_cfg, preprocess_cfg = _open_clip_config(model_config)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+                                                  indent=2) + "\n")
+        # The reference is built from the very config file we ship (no weights in tmp yet), so the key check
+        # below proves the exported pair loads under open_clip's strict load.
+        reference = open_clip.create_model("local-dir:" + str(tmp)).state_dict()
+        state = to_open_clip_state_dict(checkpoint["model"], custom_text=_is_custom_text(model_cfg))
+        _check_matches(state, reference, checkpoint_file)
+        _write_weights(state, tmp, formats)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def to_open_clip_state_dict(model_state: Mapping[str, torch.Tensor], custom_text: bool) -> StateDict:
+    """Rename MultiTower keys to open_clip's: towers.image. -> visual.; towers.text. -> text. (CustomTextCLIP)
+    or the top-level text keys of plain CLIP (token_embedding, transformer.*, ln_final.*, ...)."""
+    prefixes = {"towers.image.": "visual.", "towers.text.": "text." if custom_text else ""}
+    state: StateDict = {}
+    for key, value in model_state.items():
+        new_key = key
+        for old, new in prefixes.items():
+            if key.startswith(old):
+                new_key = new + key[len(old):]
+                break
+        if key in ("logit_scale", "logit_bias"):
+            value = value.reshape(())  # trained as shape [1] (see models/towers.py); open_clip's are scalars
+        state[new_key] = value.detach().cpu().contiguous()
+    return state
+
+
+def _resolve_checkpoint(source: Path) -> Path:
+    """A checkpoint file as given, or the newest one in a run directory (or its checkpoints/ folder). A DeepSpeed
+    tag folder (checkpoints/step-N/) stands for the consolidated step-N.pt that DeepSpeed saves beside it."""
+    if source.is_file():
+        return source
+    if source.is_dir() and source.with_name(source.name + ".pt").is_file():
+        return source.with_name(source.name + ".pt")
+    if not source.is_dir():
+        raise FileNotFoundError(f"export source {source} is neither a run directory nor a checkpoint file")
+    folder = source if source.name == "checkpoints" else source / "checkpoints"
+    found = list_checkpoints(folder)
+    if not found:
+        raise FileNotFoundError(f"no checkpoints in {folder}")
+    return found[-1]
+
+
+def _model_section(checkpoint: Mapping[str, Any], checkpoint_file: Path) -> dict[str, Any]:
+    """The run config's `model` section: saved in the checkpoint, else the run directory's config.yaml."""
+    if "model" not in checkpoint:
+        raise KeyError(f"{checkpoint_file}: not a training checkpoint (no 'model' state dict)")
+    if "config" in checkpoint:
+        return dict(checkpoint["config"]["model"])
+    run_yaml = checkpoint_file.resolve().parent.parent / "config.yaml"
+    if not run_yaml.is_file():
+        raise FileNotFoundError(f"{checkpoint_file} holds no config and there is no {run_yaml}")
+    return dict(config_to_dict(load_config(run_yaml))["model"])
+
+
+def _open_clip_config(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """open_clip's model_cfg for the run's model (custom_text as in the original) and the preprocessing it
+    trained with: open_clip's defaults, overlaid by the pretrained tag's mean/std when it started from one."""
+    register_project_configs()
+    name = model_config["name"]
+    model_cfg = open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise KeyError(f"model {name!r} is not an open_clip config nor one in configs/models")
+    if model_config.get("init_logit_bias") is not None:
+        model_cfg["init_logit_bias"] = float(model_config["init_logit_bias"])  # so open_clip creates the key
+    tag = model_config.get("pretrained")
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    preprocess = merge_preprocess_dict(asdict(PreprocessCfg()), tag_cfg or {})
+    preprocess["size"] = model_cfg.get("vision_cfg", {}).get("image_size", preprocess["size"])
+    return model_cfg, json.loads(json.dumps(preprocess))  # tuples -> lists, as JSON will hold them
+
+
+def _is_custom_text(model_cfg: Mapping[str, Any]) -> bool:
+    """The same rule open_clip's factory uses to pick CustomTextCLIP (text under `text.`) over CLIP."""
+    return bool(model_cfg.get("custom_text", False)) or "hf_model_name" in model_cfg.get("text_cfg", {})
+
+
+def _check_matches(state: StateDict, reference: StateDict, checkpoint_file: Path) -> None:
+    """Fail loudly unless our keys and shapes are exactly those of the open_clip model they will load into."""
+    unexpected = sorted(set(state) - set(reference))
+    missing = sorted(set(reference) - set(state))
+    shapes = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)}"
+                    for k in set(state) & set(reference) if state[k].shape != reference[k].shape)
+    if unexpected or missing or shapes:
+        raise ValueError(f"{checkpoint_file} does not map onto open_clip's model: unexpected keys {unexpected}, "
+                         f"missing keys {missing}, shape mismatches {shapes}")
+
+
+def _write_weights(state: StateDict, directory: Path, formats: tuple[str, ...]) -> None:
+    if "safetensors" in formats:
+        from safetensors.torch import save_file
+        save_file(state, str(directory / WEIGHT_NAMES["safetensors"]))
+    if "bin" in formats:
+        torch.save(state, directory / WEIGHT_NAMES["bin"])
+
+
+def _is_non_empty(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Rename `new` to `out`. An old `out` is first moved aside, so `out` never holds a half-written export."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None and old.is_dir():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()

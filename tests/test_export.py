@@ -1,0 +1,132 @@
+"""Exported checkpoints load in plain open_clip (local-dir and named config + pretrained) with our embeddings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmpretrain.config import config_to_dict, load_config
+from mmpretrain.engine.checkpoint import save_checkpoint
+from mmpretrain.engine.export import export_open_clip
+from mmpretrain.models.multitower import MultiTower
+from mmpretrain.models.towers import ModelConfig, build_model, register_project_configs
+from mmpretrain.paths import configs_dir
+
+
+@pytest.fixture(autouse=True)
+def _restore_open_clip_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configs registered here (some in tmp_path) must not leak into open_clip's registry for later tests.
+    The project's own configs are registered first: towers.py registers them once per process."""
+    register_project_configs()
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIG_PATHS", list(open_clip.factory._MODEL_CONFIG_PATHS))
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIGS", dict(open_clip.factory._MODEL_CONFIGS))
+
+
+def _trained_run(run_dir: Path, name: str = "mmp-test-micro", bias: float | None = None) -> MultiTower:
+    """A run directory with two checkpoints like training writes; the newest holds perturbed weights."""
+    model = build_model(ModelConfig(name=name, init_logit_bias=bias)).model
+    overrides = [f"model.name={name}"] + ([f"model.init_logit_bias={bias}"] if bias is not None else [])
+    config = config_to_dict(load_config(None, overrides))
+    save_checkpoint(run_dir / "checkpoints", 2, {"model": model.state_dict(), "step": 2, "config": config}, keep=2)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move off the fresh init, so a loader that re-initialises cannot pass by luck
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(run_dir / "checkpoints", 3, {"model": model.state_dict(), "step": 3, "config": config}, keep=2)
+    return model.eval()
+
+
+def _assert_same_embeddings(ours: MultiTower, theirs: torch.nn.Module) -> None:
+    theirs.eval()
+    size = theirs.visual.image_size
+    images = torch.randn(3, 3, *((size, size) if isinstance(size, int) else size))
+    text = torch.randint(1, 49407, (3, theirs.context_length))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode_image(images, normalize=True), ours.encode("image", images),
+                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(theirs.encode_text(text, normalize=True), ours.encode("text", text),
+                                   atol=1e-6, rtol=0)
+    # open_clip stores the scale as a scalar; ours trains as shape [1] (DeepSpeed cannot broadcast 0-dim tensors)
+    torch.testing.assert_close(theirs.logit_scale.detach(), ours.logit_scale.detach().reshape(()), atol=0, rtol=0)
+
+
+def test_export_loads_via_local_dir_and_named_config(tmp_path: Path) -> None:
+    ours = _trained_run(tmp_path / "run")
+    out = export_open_clip(tmp_path / "run", tmp_path / "export")
+    assert {p.name for p in out.iterdir()} == {
+        "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin"}
+    assert json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["custom_text"] is True
+
+    local, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + str(out))
+    _assert_same_embeddings(ours, local)
+    assert type(local).__name__ == "CustomTextCLIP"
+    assert open_clip.get_tokenizer("local-dir:" + str(out))(["a photo"]).shape == (1, 16)
+
+    open_clip.add_model_config(configs_dir() / "models")
+    for weights in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        named, _, _ = open_clip.create_model_and_transforms("mmp-test-micro", pretrained=str(out / weights))
+        _assert_same_embeddings(ours, named)
+
+
+def test_export_non_custom_text_config_uses_clip_top_level_text_keys(tmp_path: Path) -> None:
+    cfg = json.loads((configs_dir() / "models" / "mmp-test-micro.json").read_text())
+    del cfg["custom_text"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mmp-test-export-plain.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "configs")
+
+    ours = _trained_run(tmp_path / "run", name="mmp-test-export-plain")  # our build forces custom text
+    out = export_open_clip(tmp_path / "run" / "checkpoints" / "step-000000003.pt", tmp_path / "export",
+                           formats=("safetensors",))
+    assert "token_embedding.weight" in load_file(out / "open_clip_model.safetensors")
+
+    for loaded in (open_clip.create_model("local-dir:" + str(out)),
+                   open_clip.create_model("mmp-test-export-plain",
+                                          pretrained=str(out / "open_clip_model.safetensors"))):
+        assert type(loaded).__name__ == "CLIP"
+        _assert_same_embeddings(ours, loaded)
+
+
+def test_export_round_trips_logit_bias(tmp_path: Path) -> None:
+    ours = _trained_run(tmp_path / "run", bias=-10.0)
+    out = export_open_clip(tmp_path / "run", tmp_path / "export", formats=("bin",))
+    assert json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["init_logit_bias"] == -10.0
+
+    open_clip.add_model_config(configs_dir() / "models")
+    for loaded in (open_clip.create_model("local-dir:" + str(out)),
+                   open_clip.create_model("mmp-test-micro", pretrained=str(out / "open_clip_pytorch_model.bin"),
+                                          init_logit_bias=0.0)):
+        _assert_same_embeddings(ours, loaded)
+        torch.testing.assert_close(loaded.logit_bias.detach(), ours.logit_bias.detach().reshape(()), atol=0, rtol=0)
+        assert ours.logit_bias.item() != -10.0  # the perturbed value came through, not the init
+
+
+def test_export_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
+    _trained_run(tmp_path / "run")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_open_clip(tmp_path / "run", out)
+    assert (out / "keep.txt").read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left behind
+
+    export_open_clip(tmp_path / "run", out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "open_clip_config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
+
+
+def test_export_fails_loudly_on_unmatched_keys(tmp_path: Path) -> None:
+    _trained_run(tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "step-000000003.pt"
+    state = torch.load(path, weights_only=True)
+    state["model"]["towers.audio.proj"] = torch.zeros(2)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="towers.audio.proj"):
+        export_open_clip(tmp_path / "run", tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
