@@ -1,0 +1,31 @@
+"""Run training as N processes on this machine: torchrun --standalone, one worker per GPU (or CPU process).
+
+The same `mmpretrain train` the SLURM job runs, so a config that works here works on the cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+
+
+def build_local_command(config: str, overrides: Sequence[str], nproc: int, extra_args: Sequence[str] = (),
+                        python: str | None = None) -> list[str]:
+    """The torchrun command line. torchrun is called as `python -m torch.distributed.run` so it is the torch of
+    this interpreter, not whichever `torchrun` comes first on PATH."""
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            str(nproc), "-m", "mmpretrain.cli", "train", config, *overrides, *extra_args]
+
+
+def run_local(config: str, overrides: Sequence[str], nproc: int, extra_args: Sequence[str] = ()) -> int:
+    """Validate the config here (a bad override fails once, not in N processes), then run torchrun with its
+    output streaming to this terminal; return its exit code."""
+    from mmpretrain.config import load_config
+    from mmpretrain.paths import resolve_config_path
+
+    load_config(resolve_config_path(config), overrides)
+    command = build_local_command(config, overrides, nproc, extra_args)
+    print("running:", " ".join(command), flush=True)
+    return subprocess.run(command).returncode  # inherits stdout/stderr: output streams as it is written

@@ -1,0 +1,75 @@
+#!/bin/bash
+# Rendered by launch/slurm.py with string.Template: its lowercase placeholders are filled at submission;
+# UPPERCASE $VARIABLES are the shell's own and are left as written. Resubmit by hand with: sbatch <this file>
+#SBATCH --job-name=${job_name}
+#SBATCH --nodes=${nodes}
+# One task per node: that task is torchrun, which starts one worker per GPU itself.
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=${gpus_per_node}
+#SBATCH --cpus-per-task=${cpus_per_task}
+#SBATCH --time=${time}
+${optional_sbatch}
+# %x-%j = job name and id: one log per job; a requeued job keeps its id and appends (--open-mode=append).
+#SBATCH --output=${log_dir}/%x-%j.out
+# B: = signal the batch shell only, ${signal_seconds} s before the time limit; the trap below forwards it.
+#SBATCH --signal=B:USR1@${signal_seconds}
+#SBATCH --requeue
+#SBATCH --open-mode=append
+
+set -euo pipefail
+
+# Relative paths in the config (data, output) mean what they meant where the job was submitted. Python then
+# finds mmpretrain in the code snapshot: PYTHONPATH puts it first and PYTHONSAFEPATH keeps `-m` from putting
+# the working directory (perhaps a live checkout being edited) ahead of it.
+cd ${workdir}
+export PYTHONPATH=${code_dir}${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONSAFEPATH=1
+
+# The first node hosts the c10d rendezvous; every node's torchrun agent meets there. `sed -n 1p`, not
+# `head -n1`: head stops reading after one line, and scontrol's SIGPIPE would then fail the job (pipefail).
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
+# A port derived from the job id, so two jobs sharing a node do not collide.
+MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+export MASTER_ADDR MASTER_PORT
+echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NUM_NODES node(s)," \
+    "rendezvous at $MASTER_ADDR:$MASTER_PORT"
+echo "code snapshot: $(tr '\n' ' ' < ${code_dir}/VERSION)"
+
+# On USR1 (time limit near) mark the job preempted and pass the signal to srun, which forwards it to torchrun
+# on every node; torchrun forwards it to its workers (--signals-to-handle), which save a checkpoint and exit.
+PREEMPTED=0
+SRUN_PID=""
+on_usr1() {
+    PREEMPTED=1
+    echo "USR1: time limit near, asking the trainer to checkpoint and stop"
+    [[ -n $SRUN_PID ]] && kill -USR1 "$SRUN_PID" || true
+}
+trap on_usr1 USR1
+
+# srun runs in the background because bash only runs a trap between commands: a foreground srun would hold it
+# back until the job ends. --cpus-per-task is repeated because srun no longer inherits it from sbatch.
+# --shutdown-timeout gives the workers the whole warning period to save before torchrun kills them.
+# --resume latest is safe on a first start: with no checkpoint yet, training starts from scratch.
+srun --ntasks-per-node=1 --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 \
+    ${python} -m torch.distributed.run \
+    --nnodes="$SLURM_NNODES" --nproc-per-node=${gpus_per_node} \
+    --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" \
+    --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown-timeout=${signal_seconds} \
+    -m mmpretrain.cli train ${config_path} --resume latest &
+SRUN_PID=$!
+
+# `wait` returns early when a trapped signal arrives: keep waiting while srun lives, then collect its status
+# (bash keeps a finished background job's exit status for a later `wait`).
+wait "$SRUN_PID" || true
+while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done
+STATUS=0
+wait "$SRUN_PID" || STATUS=$?
+
+# 124 is the trainer's "checkpoint saved, requeue me". torchrun reports a stopped worker as a failure (exit 1),
+# so a USR1 seen here counts too; the requeued job resumes from the latest checkpoint.
+if [[ $STATUS -eq 124 || $PREEMPTED -eq 1 ]]; then
+    echo "requeueing job $SLURM_JOB_ID (exit $STATUS)"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+exit "$STATUS"

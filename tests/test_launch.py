@@ -1,0 +1,236 @@
+"""launch/: the sbatch script (golden file, bash syntax, and its signal/requeue flow run against fake SLURM
+commands), the run directory prepare_run writes, the local torchrun command, and the `mmpretrain launch` CLI.
+
+Refresh the golden file after a deliberate template change: MMPRETRAIN_UPDATE_GOLDEN=1 pytest tests/test_launch.py
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch import cli
+from launch.local import build_local_command, run_local
+from launch.slurm import LaunchError, SlurmSpec, prepare_run, render_sbatch, time_to_seconds
+from mmpretrain.config import load_config
+from mmpretrain.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).with_name("golden") / "sbatch_2x8.sh"
+FULL_SPEC = SlurmSpec(nodes=2, gpus_per_node=8, cpus_per_task=96, time="2-00:00:00", partition="gpu",
+                      account="proj", qos="high", job_name="clip-b16", signal_seconds=600,
+                      extra_sbatch=["--exclusive"])
+
+
+def _render(spec: SlurmSpec, root: Path = Path("/cluster")) -> str:
+    run_dir = root / "runs" / "clip-b16"
+    return render_sbatch(spec, run_dir, run_dir / "code", run_dir / "config.yaml", workdir=root / "src",
+                         python=str(root / "venv/bin/python"))
+
+
+def _demo_overrides(tmp_path: Path) -> list[str]:
+    return [f"output_dir={tmp_path.resolve()}", f"data_root={tmp_path.resolve()}"]
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    """srun, scontrol and sbatch stand-ins that record how they were called into tmp_path/log."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "log"
+    bin_dir.mkdir()
+    log.mkdir()
+    scripts = {
+        # srun: record args, cwd and PYTHONPATH; exit with FAKE_SRUN_EXIT, or run until USR1 ("wait").
+        "srun": f"""printf '%s\\n' "$@" > {log}/srun_args; echo "$PWD" > {log}/srun_cwd
+echo "$PYTHONPATH" > {log}/srun_pythonpath
+trap 'echo USR1 > {log}/srun_signal; kill $SLEEP; exit 1' USR1
+touch {log}/srun_started
+if [[ $FAKE_SRUN_EXIT == wait ]]; then sleep 20 & SLEEP=$!; wait $SLEEP; exit 0; fi
+exit "$FAKE_SRUN_EXIT\"""",
+        "scontrol": f"""if [[ $1 == show ]]; then printf 'node-a\\nnode-b\\n'
+else echo "$@" >> {log}/scontrol; fi""",
+        "sbatch": f"""echo "$@" >> {log}/sbatch; echo '777;cluster'""",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def test_render_matches_golden_file():
+    rendered = _render(FULL_SPEC)
+    if os.environ.get("MMPRETRAIN_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(rendered, encoding="utf-8")
+    assert rendered == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_rendered_script_has_the_slurm_contract_and_valid_bash_syntax(tmp_path):
+    script = _render(FULL_SPEC)
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --cpus-per-task=96", "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu",
+                 "#SBATCH --account=proj", "#SBATCH --qos=high", "#SBATCH --exclusive", "#SBATCH --requeue",
+                 "#SBATCH --output=/cluster/runs/clip-b16/slurm/%x-%j.out", "#SBATCH --signal=B:USR1@600",
+                 "#SBATCH --open-mode=append", "set -euo pipefail"]:
+        assert line + "\n" in script, line
+    assert "-m mmpretrain.cli train /cluster/runs/clip-b16/config.yaml --resume latest &" in script
+    assert "${" not in script.replace("${PYTHONPATH:+", "").replace("${SLURM_RESTART_COUNT", "")
+    path = tmp_path / "submit.sbatch"
+    path.write_text(script)
+    done = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_optional_sbatch_lines_are_omitted_when_not_given():
+    script = _render(SlurmSpec(nodes=1, gpus_per_node=4))
+    for option in ("--partition", "--account", "--qos", "--exclusive"):
+        assert option not in script
+    assert "#SBATCH --cpus-per-task=32\n#SBATCH --time=24:00:00\n# %x-%j" in script  # no blank line left behind
+    assert "#SBATCH --job-name=clip-b16" in script  # defaults to the run directory's name
+
+
+@pytest.mark.parametrize("spec, message", [
+    (SlurmSpec(nodes=0), "nodes"),
+    (SlurmSpec(time="1:2:3:4"), "--time"),
+    (SlurmSpec(time="00:04:00", signal_seconds=300), "signal_seconds"),
+    (SlurmSpec(partition="gpu\n#SBATCH --x"), "partition"),
+    (SlurmSpec(extra_sbatch=["exclusive"]), "extra sbatch"),
+])
+def test_bad_spec_is_a_launch_error_naming_the_field(spec, message):
+    with pytest.raises(LaunchError, match=message):
+        spec.validate()
+
+
+def test_time_formats_convert_to_seconds():
+    assert time_to_seconds("30") == 1800
+    assert time_to_seconds("01:30") == 90
+    assert time_to_seconds("02:00:00") == 7200
+    assert time_to_seconds("1-12") == 36 * 3600
+    assert time_to_seconds("1-00:00:05") == 86405
+
+
+def _run_script(tmp_path: Path, srun_exit: str, send_usr1: bool) -> tuple[int, Path]:
+    """Run a rendered script under fake srun/scontrol; optionally send it SLURM's USR1 warning mid-run."""
+    bin_dir = _fake_bin(tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "code").mkdir(parents=True)
+    (run_dir / "code" / "VERSION").write_text("commit: abc\n")
+    script = run_dir / "submit.sbatch"
+    script.write_text(render_sbatch(SlurmSpec(nodes=2, gpus_per_node=8), run_dir, run_dir / "code",
+                                    run_dir / "config.yaml", workdir=tmp_path, python="python"))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SRUN_EXIT": srun_exit,
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "64"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if send_usr1:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "log" / "srun_started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+    proc.communicate(timeout=20)
+    return proc.returncode, tmp_path / "log"
+
+
+def test_usr1_is_forwarded_to_srun_and_the_job_requeues_itself(tmp_path):
+    returncode, log = _run_script(tmp_path, srun_exit="wait", send_usr1=True)
+    assert (log / "srun_signal").read_text().strip() == "USR1"
+    assert (log / "scontrol").read_text().split() == ["requeue", "4242"]
+    assert returncode == 0
+    args = (log / "srun_args").read_text().splitlines()
+    assert "--rdzv-endpoint=node-a:24242" in args and "--nproc-per-node=8" in args
+    assert args[-4:] == ["train", str(tmp_path / "runs/r/config.yaml"), "--resume", "latest"]
+    # Runs where it was submitted, importing the code snapshot first.
+    assert (log / "srun_cwd").read_text().strip() == str(tmp_path)
+    assert (log / "srun_pythonpath").read_text().strip() == str(tmp_path / "runs/r/code")
+
+
+@pytest.mark.parametrize("srun_exit, requeued, returncode", [("124", True, 0), ("0", False, 0), ("3", False, 3)])
+def test_exit_124_requeues_and_other_exits_pass_through(tmp_path, srun_exit, requeued, returncode):
+    got, log = _run_script(tmp_path, srun_exit=srun_exit, send_usr1=False)
+    assert got == returncode
+    assert (log / "scontrol").exists() == requeued
+
+
+def test_dry_run_writes_the_run_directory_without_calling_sbatch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", f"{_fake_bin(tmp_path)}:{os.environ['PATH']}")
+    overrides = _demo_overrides(tmp_path)
+    run_dir = prepare_run("demo", overrides, SlurmSpec(nodes=2, gpus_per_node=8), dry_run=True)
+    assert run_dir == tmp_path.resolve() / "demo"
+    assert load_config(run_dir / "config.yaml") == load_config(REPO / "configs/demo.yaml", overrides)
+    assert (run_dir / "code/mmpretrain/__init__.py").is_file()
+    assert (run_dir / "code/configs/demo.yaml").is_file()
+    assert not list((run_dir / "code").rglob("__pycache__"))
+    version = (run_dir / "code/VERSION").read_text()
+    assert "commit: " in version and "dirty: " in version
+    script = (run_dir / "submit.sbatch").read_text()
+    assert f"train {run_dir}/config.yaml --resume latest" in script
+    assert (run_dir / "slurm").is_dir()  # SLURM will not create the log folder itself
+    assert not (tmp_path / "log/sbatch").exists()
+    assert script in capsys.readouterr().out
+
+
+def test_submit_calls_sbatch_and_records_the_job_id(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", f"{_fake_bin(tmp_path)}:{os.environ['PATH']}")
+    run_dir = prepare_run("demo", _demo_overrides(tmp_path), SlurmSpec(gpus_per_node=1), dry_run=False)
+    assert (tmp_path / "log/sbatch").read_text().split() == ["--parsable", str(run_dir / "submit.sbatch")]
+    assert (run_dir / "slurm/jobs.txt").read_text() == "777\n"
+    assert "submitted job 777" in capsys.readouterr().out
+
+
+def test_errors_come_before_anything_is_written(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="train.stepz"):
+        prepare_run("demo", [*_demo_overrides(tmp_path), "train.stepz=1"], SlurmSpec(), dry_run=True)
+    with pytest.raises(LaunchError, match="nodes"):
+        prepare_run("demo", _demo_overrides(tmp_path), SlurmSpec(nodes=0), dry_run=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch anywhere
+    with pytest.raises(LaunchError, match="sbatch not found"):
+        prepare_run("demo", _demo_overrides(tmp_path), SlurmSpec(), dry_run=False)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_run_with_checkpoints_is_not_prepared_again(tmp_path):
+    (tmp_path / "demo" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(LaunchError, match="already holds a run"):
+        prepare_run("demo", _demo_overrides(tmp_path), SlurmSpec(), dry_run=True)
+    assert not (tmp_path / "demo" / "code").exists()
+
+
+def test_local_command_is_torchrun_standalone_running_mmpretrain_train():
+    command = build_local_command("demo", ["train.steps=5"], 4, ["--resume", "latest"], python="py")
+    assert command == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                       "-m", "mmpretrain.cli", "train", "demo", "train.steps=5", "--resume", "latest"]
+    assert build_local_command("demo", [], 1)[0] == sys.executable
+    with pytest.raises(ValueError):
+        build_local_command("demo", [], 0)
+
+
+def test_local_run_validates_the_config_before_starting_processes(monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("torchrun started"))
+    with pytest.raises(ConfigError):
+        run_local("demo", ["train.stepz=1"], 2)
+
+
+def test_cli_slurm_dry_run_returns_0(tmp_path, capsys):
+    argv = ["slurm", "demo", "--nodes", "2", *_demo_overrides(tmp_path), "--gpus-per-node", "8", "--dry-run",
+            "--partition", "gpu"]
+    assert cli.main(argv) == 0
+    assert "#SBATCH --partition=gpu" in (tmp_path / "demo/submit.sbatch").read_text()
+    assert "dry run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["slurm", "demo", "--gpus-per-node", "8"], "--nodes"),
+    (["slurm", "demo", "--nodes", "1", "--gpus-per-node", "8", "--time", "soon", "--dry-run"], "--time"),
+    (["local", "demo", "--nproc", "2", "train.stepz=1"], "train.stepz"),
+    (["local", "demo", "--nproc", "0"], "--nproc"),
+    (["cluster", "demo"], "unknown command"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
