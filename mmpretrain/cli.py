@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|demo`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|export|demo|launch`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="where to write the flat results JSON (default: beside the run)")
     _add_overrides(evaluate)
 
+    export = commands.add_parser("export", help="write a run's model as an open_clip checkpoint")
+    export.add_argument("source", help="a run directory (newest checkpoint) or a checkpoint file")
+    export.add_argument("out", help="output directory (open_clip_config.json + weights)")
+    export.add_argument("--format", dest="formats", action="append", choices=["safetensors", "bin"],
+                        help="weight formats to write (repeatable; default: both)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+    # `launch` is listed for --help only: main() hands its arguments to launch/ before parsing.
+    commands.add_parser("launch", help="start training: `launch slurm ...` (sbatch) or `launch local ...` "
+                                      "(N processes); see `mmpretrain launch --help`")
+
     demo = commands.add_parser("demo", help="generate the embedded data, train a small model, evaluate")
     demo.add_argument("--data-root", default="data/demo", help="where the demo shards are (generated if absent)")
     demo.add_argument("--output-dir", default="runs", help="parent of the demo run directory")
@@ -47,10 +58,15 @@ def _load(config: str, overrides: Sequence[str]) -> RunConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from mmpretrain.engine.preemption import REQUEUE_EXIT_CODE, Preempted
     from mmpretrain.train import train
 
     config = _load(args.config, args.overrides)
-    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        result = train(config, resume=args.resume, overwrite=args.overwrite)
+    except Preempted as preempted:
+        print(f"mmpretrain train: {preempted}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -69,6 +85,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmpretrain.engine.export import export_open_clip
+
+    formats = tuple(args.formats or ("safetensors", "bin"))
+    out = export_open_clip(Path(args.source), Path(args.out), formats=formats, overwrite=args.overwrite)
+    print(f"open_clip checkpoint written to {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmpretrain.data.demo import generate_demo_data
     from mmpretrain.demo import check_targets
@@ -83,11 +108,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:
+        # Launching only starts processes; the library proper never imports launch/ (ARCHITECTURE.md).
+        from launch.cli import main as launch_main
+
+        return launch_main(argv[1:])
     args = _parser().parse_args(argv)
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)
-    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
     try:
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:

@@ -1,4 +1,8 @@
-"""The training loop: build everything from the config, then step -> log -> checkpoint -> evaluate."""
+"""The training loop: build everything from the config, then step -> log -> checkpoint -> evaluate.
+
+The same loop runs as one process and as N (torchrun / srun): rank-specific work is explicit (rank 0 writes the
+run directory, logs, evaluates), everything else is identical on every rank.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,17 @@ from typing import Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from mmpretrain.config import RunConfig, config_to_dict, save_config
 from mmpretrain.data.pipeline import build_train_loader
-from mmpretrain.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from mmpretrain.engine.local import LocalEngine, resolve_device
+from mmpretrain.engine.dist import ProcessInfo, barrier, detect_process, init_distributed, shutdown
+from mmpretrain.engine.factory import build_engine
+from mmpretrain.engine.local import resolve_device
 from mmpretrain.engine.metrics import MetricsLog
+from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.engine.preemption import Preempted, PreemptionWatch
 from mmpretrain.engine.schedule import build_optimizer, build_scheduler
 from mmpretrain.eval.harness import check_task_data, format_table, run_eval, write_results
 from mmpretrain.losses import build_loss
@@ -40,90 +48,125 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool) -> Path:
-    """Create the run directory; refuse to silently mix a new run into an old one."""
+def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, process: ProcessInfo) -> Path:
+    """Create the run directory (rank 0); refuse to silently mix a new run into an old one (every rank)."""
     run_dir = config.run_dir
-    if overwrite and resume is None and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if resume is None and (run_dir / "checkpoints").exists():
+    if not overwrite and resume is None and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume latest to continue it, "
                               "--overwrite to replace it, or choose another run_name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    barrier()  # every rank has checked before rank 0 changes anything
+    if process.is_main:
+        if overwrite and resume is None and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    barrier()
     return run_dir
 
 
-def evaluate(config: RunConfig, built: BuiltModel, device: torch.device, step: int,
-             metrics: MetricsLog) -> dict[str, float]:
-    results = run_eval(built.model, built.eval_transform, built.tokenizer, config.eval, device=str(device),
-                       progress=config.train.progress)
-    metrics.write(step, **{f"eval/{k}": v for k, v in results.items()})
+def evaluate(config: RunConfig, built: BuiltModel, engine, process: ProcessInfo, step: int,
+             metrics: Optional[MetricsLog]) -> dict[str, float]:
+    """Rank 0 evaluates the whole model (gathered first under ZeRO-3, with every rank's help)."""
+    results: dict[str, float] = {}
+    with engine.full_model() as model:
+        if process.is_main:
+            results = run_eval(model, built.eval_transform, built.tokenizer, config.eval, device=engine.device,
+                               progress=config.train.progress)
+    barrier()
+    if metrics is not None:
+        metrics.write(step, **{f"eval/{k}": v for k, v in results.items()})
     return results
 
 
-def _restore(engine: LocalEngine, run_dir: Path, resume: Optional[str]) -> int:
-    """Load the checkpoint named by `resume` (if any) into the engine; return the step to continue from."""
-    checkpoint = resolve_resume(run_dir / "checkpoints", resume) if resume else None
-    if checkpoint is None:
-        return 0
-    state = load_checkpoint(checkpoint)
-    engine.load_state_dict(state)
-    log.warning("resumed from %s at step %d; the data stream restarts from its first epoch", checkpoint,
-                state["step"])
-    return int(state["step"])
-
-
-def _save(engine: LocalEngine, config: RunConfig, step: int) -> None:
-    state = {**engine.state_dict(), "step": step, "config": config_to_dict(config)}
-    save_checkpoint(config.run_dir / "checkpoints", step, state, config.train.keep_checkpoints)
+def _global_mean(value: torch.Tensor) -> float:
+    """The mean of a per-rank value over ranks (the global-batch loss). A sync point: only on log steps."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value.item())
 
 
 def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = False) -> TrainResult:
     """Train `config` to `train.steps`, evaluating every `eval.every_steps` and at the end."""
+    process = detect_process()
+    init_distributed(process, require_group=config.engine.name == "deepspeed")
+    try:
+        return _train(config, process, resume, overwrite)
+    finally:
+        shutdown()
+
+
+def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overwrite: bool) -> TrainResult:
     check_task_data(config.eval)
-    run_dir = prepare_run_dir(config, resume, overwrite)
+    run_dir = prepare_run_dir(config, resume, overwrite, process)
     seed_everything(config.train.seed)
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, process.local_rank)
     built = build_model(config.model)
     loader, stream_info = build_train_loader(config.data, built.train_transform, built.tokenizer,
-                                             seed=config.train.seed)
-    log.info("training data: %s", stream_info.describe())
+                                             seed=config.train.seed, rank=process.rank,
+                                             world_size=process.world_size)
+    if process.is_main:
+        log.info("training data: %s; %d process(es)", stream_info.describe(), process.world_size)
     optimizer = build_optimizer(built.model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
-    engine = LocalEngine(built.model, optimizer, scheduler, device, config.train.precision, config.optim.grad_clip)
-    loss_fn = build_loss(config.loss)
-    start_step = _restore(engine, run_dir, resume)
+    engine = build_engine(config.engine, ContrastiveObjective(built.model, build_loss(config.loss)), optimizer,
+                          scheduler, device, config.train.precision, config.optim.grad_clip,
+                          config.data.batch_size, process.world_size)
+    restored = engine.restore(run_dir / "checkpoints", resume) if resume else None
+    start_step = restored[1] if restored else 0
+    if restored and process.is_main:
+        log.warning("resumed from %s at step %d; the data stream restarts from its first epoch", *restored)
+    extra = {"config": config_to_dict(config)}
 
     results: dict[str, float] = {}
-    loss = torch.tensor(float("nan"))
+    loss = torch.tensor(float("nan"), device=engine.device)
     progress = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
-                    disable=not config.train.progress, dynamic_ncols=True)
+                    disable=not (config.train.progress and process.is_main), dynamic_ncols=True)
     window_start, window_samples = time.perf_counter(), 0
     data = iter(loader)
-    with MetricsLog(run_dir / "metrics.jsonl") as metrics:
+    with MetricsLog(run_dir / "metrics.jsonl") if process.is_main else _NoLog() as metrics, \
+            PreemptionWatch() as preemption:
         for step in range(start_step + 1, config.train.steps + 1):
-            batch = next(data)
-            loss = engine.train_step(batch, loss_fn)
-            window_samples += batch["image"].shape[0]
+            loss = engine.train_step(next(data))
+            window_samples += config.data.batch_size * process.world_size
             progress.update(1)
             if step % config.train.log_every == 0 or step == config.train.steps:
                 samples_per_s = window_samples / (time.perf_counter() - window_start)
-                record = {"loss": loss.item(),  # .item() is a device sync point: only on log steps
-                          "lr": engine.lr, "logit_scale": engine.model.logit_scale.exp().item(),
-                          "samples_per_s": samples_per_s, "samples_seen": step * config.data.batch_size}
+                record = {"loss": _global_mean(loss), "lr": engine.lr,
+                          "logit_scale": engine.logit_scale, "samples_per_s": samples_per_s,
+                          "samples_seen": step * config.data.batch_size * process.world_size}
                 metrics.write(step, **record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
             if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
-                _save(engine, config, step)
+                engine.save(run_dir / "checkpoints", step, extra, config.train.keep_checkpoints)
             if (config.eval.tasks and config.eval.every_steps and step % config.eval.every_steps == 0
                     and step < config.train.steps):  # the final evaluation follows the loop
-                results = evaluate(config, built, device, step, metrics)
+                results = evaluate(config, built, engine, process, step, metrics)
+            if preemption.requested() and step < config.train.steps:
+                progress.close()
+                engine.save(run_dir / "checkpoints", step, extra, config.train.keep_checkpoints)
+                raise Preempted(step, preemption.signal_name or "a signal")
         progress.close()
 
-        _save(engine, config, config.train.steps)
+        engine.save(run_dir / "checkpoints", config.train.steps, extra, config.train.keep_checkpoints)
         if config.eval.tasks:
-            results = evaluate(config, built, device, config.train.steps, metrics)
-            write_results(results, None, run_dir / "results.json")
-            print(format_table(results))
-    return TrainResult(run_dir=run_dir, final_loss=float(loss.item()), results=results)
+            results = evaluate(config, built, engine, process, config.train.steps, metrics)
+            if process.is_main:
+                write_results(results, None, run_dir / "results.json")
+                print(format_table(results))
+    return TrainResult(run_dir=run_dir, final_loss=_global_mean(loss), results=results)
+
+
+class _NoLog:
+    """Ranks other than 0 write no metrics."""
+
+    def write(self, step: int, **values: object) -> None:
+        pass
+
+    def __enter__(self) -> "_NoLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -39,3 +39,20 @@ def test_train_then_eval_a_run_directory(colour_shards, tmp_path, capsys):
 def test_console_entry_point_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout and "demo" in done.stdout
+
+
+def test_export_command_writes_an_open_clip_checkpoint(colour_shards, tmp_path, capsys):
+    overrides = micro_overrides(colour_shards, tmp_path / "runs", steps=2) + ["eval.tasks=[]"]
+    assert main(["train", "demo", *overrides]) == 0
+    out = tmp_path / "exported"
+    assert main(["export", str(tmp_path / "runs" / "micro"), str(out), "--format", "safetensors"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert main(["export", str(tmp_path / "runs" / "micro"), str(out)]) == 2  # refuses to overwrite
+    assert "overwrite" in capsys.readouterr().err
+
+
+def test_launch_is_dispatched_to_the_launchers(tmp_path, capsys):
+    code = main(["launch", "slurm", "demo", "--nodes", "2", "--gpus-per-node", "8", "--dry-run",
+                 f"output_dir={tmp_path}", f"data_root={tmp_path}"])
+    assert code == 0
+    assert (tmp_path / "demo" / "submit.sbatch").is_file()
