@@ -23,9 +23,10 @@ def run_local(config: str, overrides: Sequence[str], nproc: int, extra_args: Seq
     """Validate the config here (a bad override fails once, not in N processes), then run torchrun with its
     output streaming to this terminal; return its exit code."""
     from mmpretrain.config import load_config
+    from mmpretrain.engine.factory import check_world_size
     from mmpretrain.paths import resolve_config_path
 
-    load_config(resolve_config_path(config), overrides)
+    check_world_size(load_config(resolve_config_path(config), overrides).engine, nproc)
     command = build_local_command(config, overrides, nproc, extra_args)
     print("running:", " ".join(command), flush=True)
     return subprocess.run(command).returncode  # inherits stdout/stderr: output streams as it is written

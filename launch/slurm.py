@@ -151,8 +151,11 @@ def prepare_run(config_name_or_path: str, overrides: Sequence[str], spec: SlurmS
     so a mistake leaves nothing behind."""
     from mmpretrain.config import save_config
 
+    from mmpretrain.engine.factory import check_world_size
+
     config = _load(config_name_or_path, overrides)
     spec.validate()
+    check_world_size(config.engine, spec.nodes * spec.gpus_per_node)
     sbatch = shutil.which("sbatch")
     if not dry_run and sbatch is None:
         raise LaunchError("sbatch not found on PATH: submit from a SLURM login node, or pass --dry-run to only "

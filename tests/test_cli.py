@@ -52,7 +52,7 @@ def test_export_command_writes_an_open_clip_checkpoint(colour_shards, tmp_path, 
 
 
 def test_launch_is_dispatched_to_the_launchers(tmp_path, capsys):
-    code = main(["launch", "slurm", "demo", "--nodes", "2", "--gpus-per-node", "8", "--dry-run",
+    code = main(["launch", "slurm", "demo", "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "engine.name=deepspeed",
                  f"output_dir={tmp_path}", f"data_root={tmp_path}"])
     assert code == 0
     assert (tmp_path / "demo" / "submit.sbatch").is_file()

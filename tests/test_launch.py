@@ -35,7 +35,8 @@ def _render(spec: SlurmSpec, root: Path = Path("/cluster")) -> str:
 
 
 def _demo_overrides(tmp_path: Path) -> list[str]:
-    return [f"output_dir={tmp_path.resolve()}", f"data_root={tmp_path.resolve()}"]
+    # Several processes need the DeepSpeed engine; the launchers refuse engine.name=local up front.
+    return [f"output_dir={tmp_path.resolve()}", f"data_root={tmp_path.resolve()}", "engine.name=deepspeed"]
 
 
 def _fake_bin(tmp_path: Path) -> Path:
@@ -234,3 +235,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_multi_process_launch_of_a_local_engine_config_is_refused(tmp_path):
+    spec = SlurmSpec(nodes=2, gpus_per_node=8)
+    with pytest.raises(ValueError, match="engine.name=deepspeed"):
+        prepare_run("demo", [f"output_dir={tmp_path}", f"data_root={tmp_path}"], spec, dry_run=True)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

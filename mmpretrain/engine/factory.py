@@ -21,14 +21,19 @@ class EngineConfig:
     offload_optimizer: bool = False     # ZeRO >= 1: optimizer state in CPU memory
 
 
+def check_world_size(config: EngineConfig, world_size: int) -> None:
+    """Multi-process training needs the DeepSpeed engine; launchers call this before starting anything."""
+    if config.name == "local" and world_size > 1:
+        raise ConfigError(f"engine.name=local runs one process, but this job has {world_size}: "
+                          "use engine.name=deepspeed for multi-process training")
+
+
 def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, precision: str,
                  grad_clip: Optional[float], batch_size: int, world_size: int
                  ) -> Union[LocalEngine, "DeepSpeedEngine"]:  # noqa: F821
+    check_world_size(config, world_size)
     if config.name == "local":
-        if world_size > 1:
-            raise ConfigError(f"engine.name=local runs one process, but this job has {world_size}: "
-                              "use engine.name=deepspeed for multi-process training")
         return LocalEngine(objective, optimizer, scheduler, device, precision, grad_clip)
     from mmpretrain.engine.deepspeed import DeepSpeedEngine, build_deepspeed_config, load_deepspeed_config
 
