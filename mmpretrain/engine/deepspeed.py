@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mmpretrain.engine.checkpoint import save_checkpoint
+from mmpretrain.engine.local import EngineReadouts
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
 from mmpretrain.paths import configs_dir
@@ -68,7 +69,7 @@ def _tags(directory: Path) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for p in directory.iterdir() if p.is_dir() and (m := _TAG.match(p.name)))
 
 
-class DeepSpeedEngine:
+class DeepSpeedEngine(EngineReadouts):
     def __init__(self, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, ds_config: dict[str, Any]) -> None:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -85,16 +86,6 @@ class DeepSpeedEngine:
         self.engine.backward(loss)
         self.engine.step()  # clips, steps the optimizer and the lr schedule
         return loss.detach()
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    @property
-    def logit_scale(self) -> float:
-        """The temperature scale used in the last forward (read from there: under ZeRO-3 the parameter
-        itself is an empty partition outside forward)."""
-        return float(self.objective.last_logit_scale)
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:

@@ -25,7 +25,24 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-class LocalEngine:
+class EngineReadouts:
+    """What the loop logs, read the same way from every engine."""
+
+    objective: ContrastiveObjective
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def logit_scale(self) -> float:
+        """The temperature scale used in the last forward (read from there: under ZeRO-3 the parameter
+        itself is an empty partition outside forward)."""
+        return float(self.objective.last_logit_scale)
+
+
+class LocalEngine(EngineReadouts):
     """Owns the objective, optimizer and schedule of a one-process run."""
 
     def __init__(self, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
@@ -53,16 +70,6 @@ class LocalEngine:
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    @property
-    def logit_scale(self) -> float:
-        """The temperature scale used in the last forward (read from there: under ZeRO-3 the parameter
-        itself is an empty partition outside forward)."""
-        return float(self.objective.last_logit_scale)
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:

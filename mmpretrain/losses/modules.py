@@ -32,24 +32,24 @@ class LossConfig:
     chunk_size: Optional[int] = None
 
 
-def _check_chunk(chunk_size: Optional[int]) -> Optional[int]:
-    if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
-    return chunk_size
+class _GlobalBatchLoss(nn.Module):
+    """What both losses are configured by: the blockwise chunk (None = plain) and the process group."""
+
+    def __init__(self, chunk_size: Optional[int] = None, group: ProcessGroup = None) -> None:
+        super().__init__()
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        self.chunk_size = chunk_size
+        self.group = group
 
 
-class ClipLoss(nn.Module):
+class ClipLoss(_GlobalBatchLoss):
     """Softmax (CLIP / InfoNCE) loss over the global batch, features all-gathered with gradient.
 
     `text_features` is `[B, D]` or `[B, P, D]` (P positives per image, soft target 1/P each);
     `negative_text_features` (`[B * k, D]` or `[B, k, D]`) are extra text columns for every image of every rank.
     `logit_bias` is accepted for signature compatibility and ignored: softmax is invariant to it.
     """
-
-    def __init__(self, chunk_size: Optional[int] = None, group: ProcessGroup = None) -> None:
-        super().__init__()
-        self.chunk_size = _check_chunk(chunk_size)
-        self.group = group
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: Optional[torch.Tensor] = None,
@@ -65,7 +65,7 @@ class ClipLoss(nn.Module):
                                   lse=logsumexp_kernel(self.chunk_size))
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(_GlobalBatchLoss):
     """Pairwise sigmoid (SigLIP) loss over the global batch; text columns travel around a ring of ranks.
 
     No rank ever computes more than `[B, B * (P + k)]` logits at a time (`[B, chunk_size]` in blockwise mode):
@@ -73,11 +73,6 @@ class SigLipLoss(nn.Module):
     neighbour at a time and are scored as negatives. Same shape conventions as `ClipLoss`; `logit_bias=None`
     means no bias.
     """
-
-    def __init__(self, chunk_size: Optional[int] = None, group: ProcessGroup = None) -> None:
-        super().__init__()
-        self.chunk_size = _check_chunk(chunk_size)
-        self.group = group
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: Optional[torch.Tensor] = None,
