@@ -79,3 +79,25 @@ def test_hard_negatives_requested_but_absent_is_a_clear_error(colour_shards, mic
     loader, _ = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
     with pytest.raises(ValueError, match=r"no hard negatives \(<key>.neg.json\)"):
         next(iter(loader))
+
+
+def test_resampled_readers_draw_with_replacement_deterministically(tmp_path, micro):
+    write_colour_shards(tmp_path / "r", n_shards=3, per_shard=4)
+    config = DataConfig(train=[str(tmp_path / "r")], batch_size=4, num_workers=0, shuffle_buffer=1, resampled=True)
+
+    def stream_of(rank: int):
+        return build_train_loader(config, micro.train_transform, micro.tokenizer, seed=5, rank=rank,
+                                  world_size=4)[0].dataset
+
+    # 3 shards feed 4 ranks: no shard-count error in resampled mode, and each rank gets its own draw sequence.
+    draws = {rank: list(itertools.islice(stream_of(rank)._passes(0, 1), 200)) for rank in range(4)}
+    flat = [shard for passes in draws[0] for shard in passes]
+    assert all(len(p) == 3 for p in draws[0]) and len(set(map(tuple, draws[0]))) > 1  # with replacement
+    counts = [flat.count(s) for s in sorted(set(flat))]
+    assert len(counts) == 3 and min(counts) > 0.28 * len(flat)  # uniform: each ~1/3 of 600 draws
+    assert draws[0] != draws[1]
+    assert draws[0] == list(itertools.islice(stream_of(0)._passes(0, 1), 200))  # seeded: reproducible
+    loader, info = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=5, rank=0,
+                                      world_size=4)
+    assert "resampled" in info.describe()
+    assert next(iter(loader))["image"].shape == (4, 3, 32, 32)

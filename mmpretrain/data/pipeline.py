@@ -35,6 +35,7 @@ class DataConfig:
     shuffle_buffer: int = 2000                       # samples held for shuffling, per worker
     positives_per_sample: int = 1                    # >1: that many captions per sample, all positives
     negatives_per_sample: int = 0                    # >0: hard-negative captions per sample from .neg.json
+    resampled: bool = False                          # draw shards with replacement forever, per reader (no epochs)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,13 @@ class StreamInfo:
 
     shards: list[str]
     samples_per_epoch: int | None
+    resampled: bool = False
 
     def describe(self) -> str:
         count = "unknown number of" if self.samples_per_epoch is None else f"{self.samples_per_epoch:,}"
+        if self.resampled:
+            return (f"resampled: every reader draws shards with replacement from {len(self.shards)} shards "
+                    f"({count} samples in all), no epochs")
         return f"{count} samples per epoch from {len(self.shards)} shards (epochs repeat until the step budget)"
 
 
@@ -74,18 +79,22 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
 
-    def _my_shards(self, epoch: int) -> list[str]:
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    def _passes(self, worker: int, num_workers: int) -> Iterator[list[str]]:
+        """This reader's shard lists, one per pass: in epoch mode its disjoint slice of each epoch; resampled,
+        as many draws with replacement as there are shards, from a stream seeded by seed, rank and worker."""
+        if self.config.resampled:
+            rng = random.Random(f"{self.seed}-shards-{self.rank}-{worker}")
+            while True:
+                yield rng.choices(self.shards, k=len(self.shards))
         slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
-        return assign_shards(self.shards, self.seed, epoch, slot, slots)
+        for epoch in itertools.count():
+            yield assign_shards(self.shards, self.seed, epoch, slot, slots)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = random.Random(f"{self.seed}-{self.rank}-{worker}")
-        for epoch in itertools.count():
-            shards = self._my_shards(epoch)
+        for shards in self._passes(worker, num_workers):
             # Skip (and log) unreadable samples rather than kill the run; issue-level accounting comes later.
             raw = iter_samples(shards, handler=wds.warn_and_continue)
             produced = 0
@@ -111,8 +120,9 @@ def build_train_loader(config: DataConfig, image_transform: ImageTransform, toke
     if not config.train:
         raise ConfigError("data.train is empty: give at least one shard directory, glob or brace pattern")
     shards = [shard for spec in config.train for shard in expand_shards(spec)]
-    check_shard_count(len(shards), world_size, config.num_workers)
-    info = StreamInfo(shards=shards, samples_per_epoch=read_sizes(shards))
+    if not config.resampled:  # resampled readers each draw from all shards: any count feeds any number
+        check_shard_count(len(shards), world_size, config.num_workers)
+    info = StreamInfo(shards=shards, samples_per_epoch=read_sizes(shards), resampled=config.resampled)
     stream = ShardStream(shards, image_transform, tokenizer, config, seed, rank, world_size)
     loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, drop_last=True)
