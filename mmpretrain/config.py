@@ -30,6 +30,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast; weights and optimizer stay fp32
+    accum_steps: int = 1                          # micro-batches per step, contrasted as ONE batch (GradCache)
     log_every: int = 10
     checkpoint_every: int = 0                     # 0 = only at the end
     keep_checkpoints: int = 2
@@ -102,6 +103,7 @@ def _validate(config: RunConfig, source: str) -> None:
     checks = {
         "train.steps": config.train.steps > 0,
         "train.log_every": config.train.log_every > 0,
+        "train.accum_steps": config.train.accum_steps >= 1,
         "train.checkpoint_every": config.train.checkpoint_every >= 0,
         "data.batch_size": config.data.batch_size > 1,  # a contrastive batch needs negatives
         "data.num_workers": config.data.num_workers >= 0,

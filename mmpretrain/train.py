@@ -112,7 +112,7 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     engine = build_engine(config.engine, ContrastiveObjective(built.model, build_loss(config.loss)), optimizer,
                           scheduler, device, config.train.precision, config.optim.grad_clip,
-                          config.data.batch_size, process.world_size)
+                          config.data.batch_size, process.world_size, config.train.accum_steps)
     restored = engine.restore(run_dir / "checkpoints", resume) if resume else None
     start_step = restored[1] if restored else 0
     if restored and process.is_main:
@@ -123,19 +123,20 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
     loss = torch.tensor(float("nan"), device=engine.device)
     progress = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
                     disable=not (config.train.progress and process.is_main), dynamic_ncols=True)
+    samples_per_step = config.data.batch_size * config.train.accum_steps * process.world_size
     window_start, window_samples = time.perf_counter(), 0
     data = iter(loader)
     with MetricsLog(run_dir / "metrics.jsonl") if process.is_main else _NoLog() as metrics, \
             PreemptionWatch() as preemption:
         for step in range(start_step + 1, config.train.steps + 1):
-            loss = engine.train_step(next(data))
-            window_samples += config.data.batch_size * process.world_size
+            loss = engine.train_step([next(data) for _ in range(config.train.accum_steps)])
+            window_samples += samples_per_step
             progress.update(1)
             if step % config.train.log_every == 0 or step == config.train.steps:
                 samples_per_s = window_samples / (time.perf_counter() - window_start)
                 record = {"loss": _global_mean(loss), "lr": engine.lr,
                           "logit_scale": engine.logit_scale, "samples_per_s": samples_per_s,
-                          "samples_seen": step * config.data.batch_size * process.world_size}
+                          "samples_seen": step * samples_per_step}
                 metrics.write(step, **record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
                 window_start, window_samples = time.perf_counter(), 0

@@ -34,7 +34,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
                          build_scheduler(optimizer, config, 100), torch.device("cpu"))
     batch = {"image": torch.randn(8, 3, 32, 32),
              "text": built.tokenizer([f"caption number {i}" for i in range(8)])}
-    losses = [engine.train_step(batch).item() for _ in range(15)]
+    losses = [engine.train_step([batch]).item() for _ in range(15)]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -49,7 +49,7 @@ def test_steps_with_several_positives_and_hard_negatives_lower_the_loss(loss):
     tokens = built.tokenizer([f"caption number {i}" for i in range(16)])
     batch = {"image": torch.randn(4, 3, 32, 32), "text": tokens[:8].view(4, 2, -1),
              "negative_text": tokens[8:].view(4, 2, -1)}
-    losses = [engine.train_step(batch).item() for _ in range(12)]
+    losses = [engine.train_step([batch]).item() for _ in range(12)]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0], losses
 
 

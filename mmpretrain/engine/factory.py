@@ -30,7 +30,7 @@ def check_world_size(config: EngineConfig, world_size: int) -> None:
 
 def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, precision: str,
-                 grad_clip: Optional[float], batch_size: int, world_size: int
+                 grad_clip: Optional[float], batch_size: int, world_size: int, accum_steps: int = 1
                  ) -> Union[LocalEngine, "DeepSpeedEngine"]:  # noqa: F821
     check_world_size(config, world_size)
     if config.name == "local":
@@ -38,6 +38,6 @@ def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimize
     from mmpretrain.engine.deepspeed import DeepSpeedEngine, build_deepspeed_config, load_deepspeed_config
 
     ds_config = build_deepspeed_config(load_deepspeed_config(config.deepspeed_config), batch_size, precision,
-                                       grad_clip, config.offload_optimizer)
+                                       grad_clip, config.offload_optimizer, accum_steps)
     objective.to(device)
     return DeepSpeedEngine(objective, optimizer, scheduler, ds_config)

@@ -4,7 +4,7 @@ training loop does not know which one it drives."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mmpretrain.engine.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.engine.objective import ContrastiveObjective, concat_features, split_grads
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -57,19 +57,38 @@ class LocalEngine(EngineReadouts):
         self._autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                           else contextlib.nullcontext())
 
-    def train_step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """One optimizer step on `batch`; returns the loss, still on device (reading it is a sync point)."""
+    def train_step(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step on the micro-batches `batches`, contrasted as ONE batch (GradCache when there
+        are several); returns the loss, still on device (reading it is a sync point)."""
         self.objective.train()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        with self._autocast:
-            loss = self.objective(batch)
+        batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if len(batches) == 1:
+            with self._autocast:
+                loss = self.objective(batches[0])
+            loss.backward()
+        else:
+            loss = self._grad_cache(batches)
         if self.grad_clip:
             nn.utils.clip_grad_norm_(self.objective.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
+
+    def _grad_cache(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """Features of every micro-batch without a graph; the loss over all of them and its gradient w.r.t.
+        the features; then each micro-batch again with a graph, backpropagating its slice of that gradient.
+        Memory is one micro-batch's activations; the gradient is the whole batch's."""
+        with torch.no_grad(), self._autocast:
+            parts = [self.objective(batch, mode="features") for batch in batches]
+        features = concat_features(parts)
+        with self._autocast:
+            loss = self.objective(features, mode="loss_from_features")
+        loss.backward()  # into the cached features, the logit scale and the bias
+        for batch, grads in zip(batches, split_grads(features, parts)):
+            with self._autocast:
+                self.objective(batch, mode="surrogate", feature_grads=grads).backward()
+        return loss
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:

@@ -2,16 +2,23 @@
 
 Engines wrap this module, not the bare model, so an engine that shards parameters (DeepSpeed ZeRO-3) gathers the
 logit scale and bias together with the towers during forward: outside forward they may be empty partitions.
+
+Gradient accumulation that keeps the contrastive batch whole (GradCache, as open_clip's accum-freq does) needs
+three more passes, which are forward modes for the same reason: every pass goes through the engine's module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 
 from mmpretrain.models.multitower import MultiTower
+
+Features = dict[str, torch.Tensor]
+Mode = Literal["loss", "features", "loss_from_features", "surrogate"]
 
 
 class ContrastiveObjective(nn.Module):
@@ -21,11 +28,34 @@ class ContrastiveObjective(nn.Module):
         self.loss = loss
         self.last_logit_scale = torch.tensor(float("nan"))  # for logging, read outside forward
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        features = self.model(batch)
+    def forward(self, batch: Mapping[str, torch.Tensor], mode: Mode = "loss",
+                feature_grads: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor | Features:
+        """`loss`: batch -> loss. `features`: batch -> features. `loss_from_features`: cached features of the
+        whole accumulated batch -> loss. `surrogate`: batch and the loss's gradient w.r.t. its features ->
+        a scalar whose backward sends exactly that gradient into the towers."""
+        if mode == "features":
+            return self.model(batch)
+        if mode == "surrogate":
+            assert feature_grads is not None
+            features = self.model(batch)
+            return sum((features[key] * grad).sum() for key, grad in feature_grads.items())
+        features = self.model(batch) if mode == "loss" else dict(batch)
         scale = self.model.scale()
         self.last_logit_scale = scale.detach()
         # text is [B, D] or [B, P, D] (P positive captions); hard negatives, when the batch has them, are extra
         # text columns that are nobody's positive.
         return self.loss(features["image"], features["text"], scale, self.model.logit_bias,
                          negative_text_features=features.get("negative_text"))
+
+
+def concat_features(parts: Sequence[Features]) -> Features:
+    """The micro-batches' cached features as one batch of leaves that collect the loss's gradient."""
+    return {key: torch.cat([p[key] for p in parts]).detach().requires_grad_() for key in parts[0]}
+
+
+def split_grads(features: Features, parts: Sequence[Features]) -> list[Features]:
+    """The gradient of each cached feature tensor, cut back into the micro-batches it came from."""
+    sizes = [p["image"].shape[0] for p in parts]
+    pieces = {key: torch.split(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf), sizes)
+              for key, leaf in features.items()}
+    return [{key: pieces[key][i] for key in features} for i in range(len(parts))]

@@ -66,3 +66,15 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
             assert steps == [1, 2, 3, 4, 5, 6]
     assert losses["zero2"][-1] < losses["zero2"][0]
     torch.testing.assert_close(torch.tensor(losses["zero2"]), torch.tensor(losses["zero3"]), rtol=1e-5, atol=1e-6)
+
+    # GradCache under ZeRO-2: 2 micro-batches of 2 per rank are the same contrastive batch as 4 at once, so the
+    # loss sequence (same samples, same order) is the batch-4 one. (ZeRO-3 + accumulation is refused for now.)
+    overrides = micro_overrides(shards, tmp_path / "accum", steps=4) + [
+        "data.batch_size=2", "train.accum_steps=2", "engine.name=deepspeed", "engine.deepspeed_config=zero2",
+        "train.log_every=1", "eval.tasks=[]"]
+    done = torchrun(2, ["train", "demo", *overrides], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [r for r in read_metrics(tmp_path / "accum" / "micro" / "metrics.jsonl") if "loss" in r]
+    assert records[-1]["samples_seen"] == 4 * 2 * 2 * 2  # steps x micro-batch x accum x ranks
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in records]), torch.tensor(losses["zero2"][:4]),
+                               rtol=1e-5, atol=1e-6)
