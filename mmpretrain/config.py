@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain.data.pipeline import DataConfig
 from mmpretrain.engine.factory import EngineConfig
+from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
 from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import EvalConfig, validate_tasks
@@ -48,6 +49,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

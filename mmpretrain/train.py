@@ -126,7 +126,9 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
     samples_per_step = config.data.batch_size * config.train.accum_steps * process.world_size
     window_start, window_samples = time.perf_counter(), 0
     data = iter(loader)
-    with MetricsLog(run_dir / "metrics.jsonl") if process.is_main else _NoLog() as metrics, \
+    metrics_log = (MetricsLog(run_dir / "metrics.jsonl", config.logging, config.run_name, extra["config"])
+                   if process.is_main else _NoLog())
+    with metrics_log as metrics, \
             PreemptionWatch() as preemption:
         for step in range(start_step + 1, config.train.steps + 1):
             loss = engine.train_step([next(data) for _ in range(config.train.accum_steps)])
