@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from mmpretrain.config import RunConfig, config_to_dict, save_config
 from mmpretrain.data.pipeline import build_train_loader
+from mmpretrain.data.position import StreamPositions
 from mmpretrain.engine.dist import ProcessInfo, barrier, detect_process, init_distributed, shutdown
 from mmpretrain.engine.factory import build_engine
 from mmpretrain.engine.local import resolve_device
@@ -115,8 +116,10 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
                           config.data.batch_size, process.world_size, config.train.accum_steps)
     restored = engine.restore(run_dir / "checkpoints", resume) if resume else None
     start_step = restored[1] if restored else 0
+    positions = _stream_positions(config, process, restored[2] if restored else None)
+    loader.dataset.start = positions.start()  # before iter(): the workers start from here
     if restored and process.is_main:
-        log.warning("resumed from %s at step %d; the data stream restarts from its first epoch", *restored)
+        log.info("resumed from %s at step %d, data stream at the next unread sample", restored[0], start_step)
     extra = {"config": config_to_dict(config)}
 
     results: dict[str, float] = {}
@@ -131,7 +134,7 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
     with metrics_log as metrics, \
             PreemptionWatch() as preemption:
         for step in range(start_step + 1, config.train.steps + 1):
-            loss = engine.train_step([next(data) for _ in range(config.train.accum_steps)])
+            loss = engine.train_step([positions.consume(next(data)) for _ in range(config.train.accum_steps)])
             window_samples += samples_per_step
             progress.update(1)
             if step % config.train.log_every == 0 or step == config.train.steps:
@@ -143,23 +146,47 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
             if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
-                engine.save(run_dir / "checkpoints", step, extra, config.train.keep_checkpoints)
+                engine.save(run_dir / "checkpoints", step, {**extra, "data": _gather(positions)},
+                            config.train.keep_checkpoints)
             if (config.eval.tasks and config.eval.every_steps and step % config.eval.every_steps == 0
                     and step < config.train.steps):  # the final evaluation follows the loop
                 results = evaluate(config, built, engine, process, step, metrics)
             if preemption.requested() and step < config.train.steps:
                 progress.close()
-                engine.save(run_dir / "checkpoints", step, extra, config.train.keep_checkpoints)
+                engine.save(run_dir / "checkpoints", step, {**extra, "data": _gather(positions)},
+                            config.train.keep_checkpoints)
                 raise Preempted(step, preemption.signal_name or "a signal")
         progress.close()
 
-        engine.save(run_dir / "checkpoints", config.train.steps, extra, config.train.keep_checkpoints)
+        engine.save(run_dir / "checkpoints", config.train.steps, {**extra, "data": _gather(positions)},
+                    config.train.keep_checkpoints)
         if config.eval.tasks:
             results = evaluate(config, built, engine, process, config.train.steps, metrics)
             if process.is_main:
                 write_results(results, None, run_dir / "results.json")
                 print(format_table(results))
     return TrainResult(run_dir=run_dir, final_loss=_global_mean(loss), results=results)
+
+
+def _stream_positions(config: RunConfig, process: ProcessInfo, saved: Optional[list]) -> StreamPositions:
+    """This rank's data stream position: from the checkpoint when resuming (exact resume), else the start."""
+    readers = max(config.data.num_workers, 1)
+    if not saved:
+        return StreamPositions(readers)
+    if len(saved) != process.world_size:
+        raise ValueError(f"the checkpoint's data stream ran on {len(saved)} ranks, this run has "
+                         f"{process.world_size}: exact resume needs the same number of ranks")
+    return StreamPositions.from_state_dict(saved[process.rank], readers)
+
+
+def _gather(positions: StreamPositions) -> list[dict]:
+    """Every rank's stream position, in rank order (a collective: every rank calls it at the same step)."""
+    state = positions.state_dict()
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [state]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, state)
+    return gathered
 
 
 class _NoLog:

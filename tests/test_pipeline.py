@@ -101,3 +101,44 @@ def test_resampled_readers_draw_with_replacement_deterministically(tmp_path, mic
                                       world_size=4)
     assert "resampled" in info.describe()
     assert next(iter(loader))["image"].shape == (4, 3, 32, 32)
+
+
+def _pixel_id(image) -> torch.Tensor:
+    """The sample id written into the image (see the test below)."""
+    red, green, _ = image.getpixel((0, 0))
+    return torch.tensor(red * 256 + green)
+
+
+def _no_tokens(captions: list[str]) -> torch.Tensor:
+    return torch.zeros(len(captions), 1, dtype=torch.long)
+
+
+def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tmp_path):
+    import io
+    import json
+
+    import webdataset as wds
+    from PIL import Image
+
+    from mmpretrain.data.pipeline import ShardStream
+
+    folder, total = tmp_path / "ids", 0
+    folder.mkdir()
+    for s, count in enumerate([5, 8, 3, 8, 6, 2]):  # uneven shards
+        with wds.TarWriter(str(folder / f"shard-{s:06d}.tar")) as sink:
+            for _ in range(count):
+                png = io.BytesIO()
+                Image.new("RGB", (2, 2), (total // 256, total % 256, 0)).save(png, format="PNG")
+                sink.write({"__key__": f"{total:09d}", "png": png.getvalue(), "txt": "x",
+                            "json": json.dumps({}).encode()})
+                total += 1
+    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    config = DataConfig(train=[str(folder)], batch_size=1, num_workers=2, shuffle_buffer=4)
+    seen: list[int] = []
+    for rank in range(2):
+        stream = ShardStream(shards, _pixel_id, _no_tokens, config, seed=3, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(stream, batch_size=1, num_workers=2)
+        for batch in itertools.islice(loader, 4 * total):  # long enough for every reader to pass its epoch 0
+            if int(batch["_pass"]) == 0:
+                seen.append(int(batch["image"]))
+    assert sorted(seen) == list(range(total))  # each sample once in epoch 0, over 2 ranks x 2 workers

@@ -12,11 +12,13 @@ import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mmpretrain.data.position import StreamStart, sample_seed
 from mmpretrain.data.shards import expand_shards, iter_samples, read_sizes
 from mmpretrain.data.stages import decode_sample, shuffle, to_model_inputs
 from mmpretrain.errors import ConfigError
@@ -78,6 +80,7 @@ class ShardStream(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.start = StreamStart()  # set before the loader's workers start to resume mid-stream
 
     def _passes(self, worker: int, num_workers: int) -> Iterator[list[str]]:
         """This reader's shard lists, one per pass: in epoch mode its disjoint slice of each epoch; resampled,
@@ -90,20 +93,30 @@ class ShardStream(IterableDataset):
         for epoch in itertools.count():
             yield assign_shards(self.shards, self.seed, epoch, slot, slots)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = random.Random(f"{self.seed}-{self.rank}-{worker}")
-        for shards in self._passes(worker, num_workers):
+        reader = self.start.reader_of(worker, num_workers)
+        start_pass, skip = self.start.next.get(reader, (0, 0))
+        for pass_index, shards in enumerate(self._passes(reader, num_workers)):
+            if pass_index < start_pass:
+                continue  # a pass's shard list is cheap to compute; its samples are never read
+            rng = random.Random(f"{self.seed}-{self.rank}-{reader}-{pass_index}")
             # Skip (and log) unreadable samples rather than kill the run; issue-level accounting comes later.
             raw = iter_samples(shards, handler=wds.warn_and_continue)
-            produced = 0
-            for sample in shuffle((decode_sample(r) for r in raw), self.config.shuffle_buffer, rng):
-                produced += 1
-                yield to_model_inputs(sample, self.image_transform, self.tokenizer, rng,
-                                      self.config.positives_per_sample, self.config.negatives_per_sample)
-            if produced == 0:
-                raise RuntimeError(f"rank {self.rank} worker {worker} read no samples from shards {shards}")
+            read = 0
+            # The buffer holds raw members: replaying to a resume position reads tars but decodes nothing.
+            for index, raw_sample in enumerate(shuffle(raw, self.config.shuffle_buffer, rng)):
+                read += 1
+                if pass_index == start_pass and index < skip:
+                    continue
+                seed = sample_seed(self.seed, self.rank, reader, pass_index, index)
+                inputs: dict[str, Any] = to_model_inputs(
+                    decode_sample(raw_sample), self.image_transform, self.tokenizer, seed,
+                    self.config.positives_per_sample, self.config.negatives_per_sample)
+                yield {**inputs, "_reader": reader, "_pass": pass_index, "_index": index}
+            if read == 0:
+                raise RuntimeError(f"rank {self.rank} reader {reader} read no samples from shards {shards}")
 
 
 def check_shard_count(num_shards: int, world_size: int, num_workers: int) -> None:

@@ -104,15 +104,20 @@ def shuffle(samples: Iterator[Any], buffer_size: int, rng: random.Random) -> Ite
 
 
 def to_model_inputs(sample: Sample, image_transform: Callable[[Image.Image], torch.Tensor],
-                    tokenize: Callable[[list[str]], torch.Tensor], rng: random.Random, positives: int = 1,
+                    tokenize: Callable[[list[str]], torch.Tensor], seed: int, positives: int = 1,
                     negatives: int = 0) -> dict[str, torch.Tensor]:
     """Turn a decoded sample into the tensors the towers consume.
 
     `text` is one sampled caption [ctx], or `positives` > 1 of them [P, ctx] for the multi-positive loss;
-    `negatives` > 0 adds `negative_text` [k, ctx] drawn from the sample's hard negatives.
+    `negatives` > 0 adds `negative_text` [k, ctx] drawn from the sample's hard negatives. Caption choice and
+    augmentation are seeded by `seed` alone, so a sample comes out the same whatever was read before it.
     """
+    rng = random.Random(seed)
     captions = tokenize(choose(sample.captions, positives, rng))
-    inputs = {"image": image_transform(sample.image), "text": captions[0] if positives == 1 else captions}
+    with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
+        torch.manual_seed(seed)
+        image = image_transform(sample.image)
+    inputs = {"image": image, "text": captions[0] if positives == 1 else captions}
     if negatives > 0:
         if not sample.negatives:
             raise ValueError(f"sample {sample.key!r} has no hard negatives (<key>.neg.json) but "

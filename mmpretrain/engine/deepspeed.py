@@ -125,7 +125,8 @@ class DeepSpeedEngine(EngineReadouts):
     def save(self, directory: Path, step: int, extra: dict[str, Any], keep: int) -> None:
         """Every rank writes its shard; rank 0 then writes the consolidated model and prunes old checkpoints."""
         tag = f"step-{step:09d}"
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step})
+        # Every rank reads rank 0's client state on load, so it carries all ranks' data stream positions.
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step, "data": extra.get("data")})
         with self.full_model() as model:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if dist.get_rank() == 0:
@@ -134,7 +135,7 @@ class DeepSpeedEngine(EngineReadouts):
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
-    def restore(self, directory: Path, resume: str) -> Optional[tuple[Path, int]]:
+    def restore(self, directory: Path, resume: str) -> Optional[tuple[Path, int, Any]]:
         """Load DeepSpeed's checkpoint (`latest` = newest tag); None when there is none yet."""
         if resume == "latest":
             tags = _tags(directory)
@@ -150,4 +151,4 @@ class DeepSpeedEngine(EngineReadouts):
         _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
         if client_state is None:
             raise FileNotFoundError(f"could not load DeepSpeed checkpoint {path}")
-        return path, int(client_state["step"])
+        return path, int(client_state["step"]), client_state.get("data")

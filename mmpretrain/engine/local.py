@@ -102,8 +102,9 @@ class LocalEngine(EngineReadouts):
     def save(self, directory: Path, step: int, extra: dict[str, Any], keep: int) -> None:
         save_checkpoint(directory, step, {**self.state_dict(), "step": step, **extra}, keep)
 
-    def restore(self, directory: Path, resume: str) -> Optional[tuple[Path, int]]:
-        """Load the checkpoint `resume` names; None when `latest` finds none yet (a fresh start)."""
+    def restore(self, directory: Path, resume: str) -> Optional[tuple[Path, int, Any]]:
+        """Load the checkpoint `resume` names; returns (path, step, data stream state), or None when `latest`
+        finds none yet (a fresh start)."""
         path = resolve_resume(directory, resume)
         if path is None:
             return None
@@ -111,4 +112,4 @@ class LocalEngine(EngineReadouts):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        return path, int(state["step"])
+        return path, int(state["step"]), state.get("data")
