@@ -30,7 +30,8 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"   # bf16 = autocast; weights and optimizer stay fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16: autocast (local) / DeepSpeed bf16;
+    #                                                  fp16: DeepSpeed on CUDA only, with dynamic loss scaling
     accum_steps: int = 1                          # micro-batches per step, contrasted as ONE batch (GradCache)
     log_every: int = 10
     checkpoint_every: int = 0                     # 0 = only at the end

@@ -61,3 +61,22 @@ def test_accumulation_under_zero3_is_refused_with_a_reason():
                                accum_steps=2)
     zero2 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "fp32", 1.0, False, accum_steps=3)
     assert zero2["gradient_accumulation_steps"] == 4  # k micro-batches = k + 1 backward passes
+
+
+def test_precision_settings_reach_deepspeed_and_fp16_is_refused_where_it_cannot_run():
+    from mmpretrain.engine.deepspeed import build_deepspeed_config
+    from mmpretrain.engine.factory import EngineConfig, build_engine
+    from mmpretrain.errors import ConfigError
+
+    fp16 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "fp16", 1.0, False)
+    assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0 and not fp16["bf16"]["enabled"]
+    bf16 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "bf16", None, False)
+    assert bf16["bf16"]["enabled"] and not bf16["fp16"]["enabled"] and bf16["gradient_clipping"] == 0.0
+    model = build_model(ModelConfig(name="mmp-test-micro")).model
+    objective = ContrastiveObjective(model, ClipLoss())
+    optimizer = build_optimizer(model, OptimConfig())
+    scheduler = build_scheduler(optimizer, OptimConfig(), 10)
+    for engine, message in (("local", "runs under engine.name=deepspeed"), ("deepspeed", "needs a CUDA device")):
+        with pytest.raises(ConfigError, match=message):
+            build_engine(EngineConfig(name=engine), objective, optimizer, scheduler, torch.device("cpu"), "fp16",
+                         1.0, batch_size=4, world_size=1)

@@ -60,6 +60,8 @@ def build_deepspeed_config(base: Mapping[str, Any], batch_size: int, precision: 
         "gradient_accumulation_steps": 1 if accum_steps == 1 else accum_steps + 1,
         "gradient_clipping": grad_clip or 0.0,
         "bf16": {"enabled": precision == "bf16"},
+        # fp16: dynamic loss scaling (loss_scale 0); auto_cast casts the float inputs (images) to half.
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16, "auto_cast": True},
         "steps_per_print": 10**12,  # we log ourselves
     })
     if offload_optimizer:

@@ -33,6 +33,13 @@ def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimize
                  grad_clip: Optional[float], batch_size: int, world_size: int, accum_steps: int = 1
                  ) -> Union[LocalEngine, "DeepSpeedEngine"]:  # noqa: F821
     check_world_size(config, world_size)
+    if precision == "fp16":
+        if config.name == "local":
+            raise ConfigError("train.precision=fp16 (with loss scaling) runs under engine.name=deepspeed; the "
+                              "local engine offers fp32 and bf16")
+        if device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device (DeepSpeed refuses fp16 on CPU): use bf16 "
+                              "or fp32")
     if config.name == "local":
         return LocalEngine(objective, optimizer, scheduler, device, precision, grad_clip)
     from mmpretrain.engine.deepspeed import DeepSpeedEngine, build_deepspeed_config, load_deepspeed_config
