@@ -67,13 +67,15 @@ def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, p
 
 def evaluate(config: RunConfig, built: BuiltModel, engine, process: ProcessInfo, step: int,
              metrics: Optional[MetricsLog]) -> dict[str, float]:
-    """Rank 0 evaluates the whole model (gathered first under ZeRO-3, with every rank's help)."""
+    """Rank 0 evaluates the whole model. Under ZeRO-3 every rank runs the same evaluation (and only rank 0 keeps
+    it): the sharded model's forward hooks hold collectives, so a forward on rank 0 alone would hang."""
     results: dict[str, float] = {}
     with engine.full_model() as model:
-        if process.is_main:
+        if process.is_main or engine.collective_forward:
             results = run_eval(model, built.eval_transform, built.tokenizer, config.eval, device=engine.device,
-                               progress=config.train.progress)
+                               progress=config.train.progress and process.is_main)
     barrier()
+    results = results if process.is_main else {}
     if metrics is not None:
         metrics.write(step, **{f"eval/{k}": v for k, v in results.items()})
     return results

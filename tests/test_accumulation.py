@@ -71,7 +71,7 @@ def test_precision_settings_reach_deepspeed_and_fp16_is_refused_where_it_cannot_
     fp16 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "fp16", 1.0, False)
     assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0 and not fp16["bf16"]["enabled"]
     bf16 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "bf16", None, False)
-    assert bf16["bf16"]["enabled"] and not bf16["fp16"]["enabled"] and bf16["gradient_clipping"] == 0.0
+    assert bf16["bf16"]["enabled"] and "fp16" not in bf16 and bf16["gradient_clipping"] == 0.0
     model = build_model(ModelConfig(name="mmp-test-micro")).model
     objective = ContrastiveObjective(model, ClipLoss())
     optimizer = build_optimizer(model, OptimConfig())

@@ -60,10 +60,12 @@ def build_deepspeed_config(base: Mapping[str, Any], batch_size: int, precision: 
         "gradient_accumulation_steps": 1 if accum_steps == 1 else accum_steps + 1,
         "gradient_clipping": grad_clip or 0.0,
         "bf16": {"enabled": precision == "bf16"},
-        # fp16: dynamic loss scaling (loss_scale 0); auto_cast casts the float inputs (images) to half.
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16, "auto_cast": True},
         "steps_per_print": 10**12,  # we log ourselves
     })
+    if precision == "fp16":
+        # Dynamic loss scaling (loss_scale 0); auto_cast casts the float inputs (images) to half. Only present
+        # when asked for: DeepSpeed 0.19 casts the model to half when it sees this section at all.
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "auto_cast": True}
     if offload_optimizer:
         zero = dict(config.get("zero_optimization", {}))
         if zero.get("stage", 0) == 0:
@@ -88,6 +90,8 @@ class DeepSpeedEngine(EngineReadouts):
         self.model = objective.model
         self.device = self.engine.device
         self.stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        # ZeRO-3's module hooks may all-gather in any forward, so every rank must run every forward together.
+        self.collective_forward = self.stage == 3
 
     def train_step(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step on the micro-batches, contrasted as one batch (see LocalEngine._grad_cache).

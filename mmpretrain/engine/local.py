@@ -45,6 +45,8 @@ class EngineReadouts:
 class LocalEngine(EngineReadouts):
     """Owns the objective, optimizer and schedule of a one-process run."""
 
+    collective_forward = False  # a forward involves no other process
+
     def __init__(self, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device,
                  precision: str = "fp32", grad_clip: Optional[float] = None) -> None:

@@ -41,7 +41,7 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
     for zero in ("zero2", "zero3"):
         overrides = micro_overrides(shards, tmp_path / zero, steps=4) + [
             "data.batch_size=4", "engine.name=deepspeed", f"engine.deepspeed_config={zero}",
-            "train.checkpoint_every=2", "train.log_every=1", eval_task]
+            "train.checkpoint_every=2", "train.log_every=1", "optim.min_lr_ratio=1.0", eval_task]
         done = torchrun(2, ["train", "demo", *overrides], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         run_dir = tmp_path / zero / "micro"
@@ -59,11 +59,18 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
         model.load_state_dict(state["model"])  # complete and unsharded, also under ZeRO-3
         out = export_open_clip(run_dir, tmp_path / zero / "export")
         assert (out / "open_clip_model.safetensors").is_file()
-        if zero == "zero2":  # DeepSpeed resume: sharded optimizer state and step come back
+        if zero == "zero2":  # exact DeepSpeed resume: sharded optimizer state, step and both ranks' data streams
             resumed = torchrun(2, ["train", "demo", *overrides, "train.steps=6", "--resume", "latest"], tmp_path)
             assert resumed.returncode == 0, resumed.stderr[-3000:]
-            steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
-            assert steps == [1, 2, 3, 4, 5, 6]
+            after = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+            assert [r["step"] for r in after] == [1, 2, 3, 4, 5, 6]
+            # An uninterrupted 6-step run (constant lr after warmup, so the step budget changes nothing).
+            whole = torchrun(2, ["train", "demo", *overrides, "train.steps=6", "run_name=whole", "eval.tasks=[]"],
+                             tmp_path)
+            assert whole.returncode == 0, whole.stderr[-3000:]
+            expected = [r["loss"] for r in read_metrics(tmp_path / zero / "whole" / "metrics.jsonl") if "loss" in r]
+            torch.testing.assert_close(torch.tensor([r["loss"] for r in after]), torch.tensor(expected),
+                                       rtol=1e-6, atol=1e-6)
     assert losses["zero2"][-1] < losses["zero2"][0]
     torch.testing.assert_close(torch.tensor(losses["zero2"]), torch.tensor(losses["zero3"]), rtol=1e-5, atol=1e-6)
 
@@ -71,7 +78,7 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
     # loss sequence (same samples, same order) is the batch-4 one. (ZeRO-3 + accumulation is refused for now.)
     overrides = micro_overrides(shards, tmp_path / "accum", steps=4) + [
         "data.batch_size=2", "train.accum_steps=2", "engine.name=deepspeed", "engine.deepspeed_config=zero2",
-        "train.log_every=1", "eval.tasks=[]"]
+        "train.log_every=1", "optim.min_lr_ratio=1.0", "eval.tasks=[]"]
     done = torchrun(2, ["train", "demo", *overrides], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [r for r in read_metrics(tmp_path / "accum" / "micro" / "metrics.jsonl") if "loss" in r]
