@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -107,8 +108,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if missed else 0
 
 
+_LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # The deepspeed launcher passes --local_rank=N first; the rank comes from its environment (LOCAL_RANK).
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not _LOCAL_RANK_FLAG.match(a)]
     if argv[:1] == ["launch"]:
         # Launching only starts processes; the library proper never imports launch/ (ARCHITECTURE.md).
         from launch.cli import main as launch_main

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain.data.pipeline import DataConfig
-from mmpretrain.engine.factory import EngineConfig
+from mmpretrain.engine.factory import EngineConfig, optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
 from mmpretrain.errors import ConfigError
@@ -123,8 +123,11 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.loss.name == "siglip" and config.model.init_logit_bias is None:
         raise ConfigError(f"{source}: loss.name=siglip needs the learnable bias: set model.init_logit_bias "
                           "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
+    if len(config.optim.betas) != 2:
+        raise ConfigError(f"{source}: optim.betas: two values expected, got {list(config.optim.betas)}")
     try:
         validate_tasks(config.eval)
+        optimizer_impl(config.optim, config.engine)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

@@ -23,12 +23,12 @@ from mmpretrain.config import RunConfig, config_to_dict, save_config
 from mmpretrain.data.pipeline import build_train_loader
 from mmpretrain.data.position import StreamPositions
 from mmpretrain.engine.dist import ProcessInfo, barrier, detect_process, init_distributed, shutdown
-from mmpretrain.engine.factory import build_engine
+from mmpretrain.engine.factory import build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.engine.metrics import MetricsLog
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.engine.preemption import Preempted, PreemptionWatch
-from mmpretrain.engine.schedule import build_optimizer, build_scheduler
+from mmpretrain.engine.schedule import build_scheduler
 from mmpretrain.eval.harness import check_task_data, format_table, run_eval, write_results
 from mmpretrain.losses import build_loss
 from mmpretrain.models import BuiltModel, build_model
@@ -111,7 +111,7 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
                                              world_size=process.world_size)
     if process.is_main:
         log.info("training data: %s; %d process(es)", stream_info.describe(), process.world_size)
-    optimizer = build_optimizer(built.model, config.optim)
+    optimizer = build_optimizer(built.model, config.optim, config.engine, device)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     engine = build_engine(config.engine, ContrastiveObjective(built.model, build_loss(config.loss)), optimizer,
                           scheduler, device, config.train.precision, config.optim.grad_clip,

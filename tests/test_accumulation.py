@@ -7,14 +7,14 @@ import torch
 
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.objective import ContrastiveObjective
-from mmpretrain.engine.schedule import OptimConfig, build_optimizer, build_scheduler
+from mmpretrain.engine.schedule import OptimConfig, build_scheduler, build_torch_adamw
 from mmpretrain.losses import ClipLoss, SigLipLoss
 from mmpretrain.models import ModelConfig, build_model
 
 
 def engine_for(model, loss) -> LocalEngine:
     config = OptimConfig(lr=1e-3, warmup_steps=1)
-    optimizer = build_optimizer(model, config)
+    optimizer = build_torch_adamw(model, config)
     return LocalEngine(ContrastiveObjective(model, loss), optimizer, build_scheduler(optimizer, config, 10),
                        torch.device("cpu"), grad_clip=None)
 
@@ -74,7 +74,7 @@ def test_precision_settings_reach_deepspeed_and_fp16_is_refused_where_it_cannot_
     assert bf16["bf16"]["enabled"] and "fp16" not in bf16 and bf16["gradient_clipping"] == 0.0
     model = build_model(ModelConfig(name="mmp-test-micro")).model
     objective = ContrastiveObjective(model, ClipLoss())
-    optimizer = build_optimizer(model, OptimConfig())
+    optimizer = build_torch_adamw(model, OptimConfig())
     scheduler = build_scheduler(optimizer, OptimConfig(), 10)
     for engine, message in (("local", "runs under engine.name=deepspeed"), ("deepspeed", "needs a CUDA device")):
         with pytest.raises(ConfigError, match=message):

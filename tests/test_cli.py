@@ -21,6 +21,12 @@ def test_missing_config_and_missing_data_are_clear_errors(capsys, tmp_path):
     assert "eval task 'digits'" in capsys.readouterr().err  # caught before training starts
 
 
+def test_the_deepspeed_launchers_local_rank_flag_is_accepted(capsys):
+    # `deepspeed script.py ...` runs `script.py --local_rank=N ...`; a bad override after it still fails as usual.
+    assert main(["--local_rank=1", "train", "configs/demo.yaml", "train.stepz=1"]) == 2
+    assert "override 'train.stepz=1'" in capsys.readouterr().err
+
+
 def test_train_then_eval_a_run_directory(colour_shards, tmp_path, capsys):
     overrides = micro_overrides(colour_shards, tmp_path / "runs", steps=2) + eval_overrides(colour_shards)
     assert main(["train", "demo", *overrides]) == 0

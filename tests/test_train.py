@@ -8,7 +8,7 @@ from mmpretrain.config import load_config
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.metrics import read_metrics
 from mmpretrain.engine.objective import ContrastiveObjective
-from mmpretrain.engine.schedule import OptimConfig, build_optimizer, build_scheduler
+from mmpretrain.engine.schedule import OptimConfig, build_scheduler, build_torch_adamw
 from mmpretrain.errors import ConfigError
 from mmpretrain.losses import ClipLoss, SigLipLoss
 from mmpretrain.models import ModelConfig, build_model
@@ -29,7 +29,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     built = build_model(ModelConfig(name="mmp-test-micro"))
     config = OptimConfig(lr=3e-3, warmup_steps=1, weight_decay=0.0)
-    optimizer = build_optimizer(built.model, config)
+    optimizer = build_torch_adamw(built.model, config)
     engine = LocalEngine(ContrastiveObjective(built.model, ClipLoss()), optimizer,
                          build_scheduler(optimizer, config, 100), torch.device("cpu"))
     batch = {"image": torch.randn(8, 3, 32, 32),
@@ -43,7 +43,7 @@ def test_steps_with_several_positives_and_hard_negatives_lower_the_loss(loss):
     torch.manual_seed(0)
     built = build_model(ModelConfig(name="mmp-test-micro", init_logit_bias=-10.0))
     config = OptimConfig(lr=3e-3, warmup_steps=1, weight_decay=0.0)
-    optimizer = build_optimizer(built.model, config)
+    optimizer = build_torch_adamw(built.model, config)
     engine = LocalEngine(ContrastiveObjective(built.model, loss), optimizer, build_scheduler(optimizer, config, 100),
                          torch.device("cpu"))
     tokens = built.tokenizer([f"caption number {i}" for i in range(16)])

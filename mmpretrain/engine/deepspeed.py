@@ -75,6 +75,18 @@ def build_deepspeed_config(base: Mapping[str, Any], batch_size: int, precision: 
     return config
 
 
+def deepspeed_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float, on_cpu: bool
+                    ) -> torch.optim.Optimizer:
+    """DeepSpeed's AdamW: the vectorised CPU kernel when the state is in CPU memory, else the fused CUDA one.
+
+    Both compile a small C++/CUDA op on first use (cached under TORCH_EXTENSIONS_DIR)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+
+    if on_cpu:
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
+    return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True)
+
+
 def _tags(directory: Path) -> list[tuple[int, Path]]:
     if not directory.is_dir():
         return []

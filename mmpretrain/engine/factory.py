@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
 import torch
+from torch import nn
 
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.engine.schedule import OptimConfig, build_torch_adamw, param_groups
 from mmpretrain.errors import ConfigError
 
 
@@ -26,6 +28,31 @@ def check_world_size(config: EngineConfig, world_size: int) -> None:
     if config.name == "local" and world_size > 1:
         raise ConfigError(f"engine.name=local runs one process, but this job has {world_size}: "
                           "use engine.name=deepspeed for multi-process training")
+
+
+def optimizer_impl(optim: OptimConfig, engine: EngineConfig) -> str:
+    """`torch` or `deepspeed`, with `auto` resolved; the combinations that cannot run are refused here."""
+    offload = engine.name == "deepspeed" and engine.offload_optimizer
+    if engine.offload_optimizer and engine.name != "deepspeed":
+        raise ConfigError("engine.offload_optimizer needs engine.name=deepspeed")
+    if optim.impl == "torch" and offload:
+        raise ConfigError("engine.offload_optimizer needs DeepSpeed's CPU AdamW (ZeRO-Offload refuses torch's): "
+                          "set optim.impl=auto or optim.impl=deepspeed")
+    if optim.impl == "auto":
+        return "deepspeed" if offload else "torch"
+    return optim.impl
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig, engine: EngineConfig, device: torch.device
+                    ) -> torch.optim.Optimizer:
+    """AdamW without weight decay on gains, biases and the logit scale/bias, in the implementation asked for."""
+    if optimizer_impl(optim, engine) == "torch":
+        return build_torch_adamw(model, optim)
+    from mmpretrain.engine.deepspeed import deepspeed_adamw
+
+    on_cpu = engine.offload_optimizer or device.type != "cuda"
+    return deepspeed_adamw(param_groups(model, optim.weight_decay), optim.lr, (optim.betas[0], optim.betas[1]),
+                           optim.eps, on_cpu)
 
 
 def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -21,6 +21,10 @@ class OptimConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0            # cosine decays to lr * min_lr_ratio
     grad_clip: Optional[float] = 1.0     # max global grad norm; None disables clipping
+    # AdamW implementation. torch: torch.optim.AdamW. deepspeed: DeepSpeedCPUAdam where the optimizer state is in
+    # CPU memory (offload, or a CPU run), FusedAdam on CUDA. auto: deepspeed under engine.offload_optimizer (ZeRO-
+    # Offload refuses other optimizers), torch otherwise.
+    impl: Literal["auto", "torch", "deepspeed"] = "auto"
 
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -36,7 +40,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def build_torch_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """torch's AdamW over the decay / no-decay groups (engine.factory.build_optimizer picks the implementation)."""
     if len(config.betas) != 2:
         raise ValueError(f"optim.betas must have two values, got {config.betas}")
     return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,

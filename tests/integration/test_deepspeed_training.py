@@ -1,4 +1,4 @@
-"""2 CPU processes under torchrun, DeepSpeed ZeRO-2 and ZeRO-3, through the real CLI."""
+"""2 CPU processes under torchrun, DeepSpeed ZeRO-2, ZeRO-3 and ZeRO-2 with optimizer offload, through the real CLI."""
 
 import os
 import subprocess
@@ -38,10 +38,13 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
     eval_task = ("eval.tasks=[{name: colours, kind: zeroshot, data: " + str(shards) + ", label_key: label,"
                  " classnames: [red, green, blue], templates: ['a {} square']}]")
     losses = {}
-    for zero in ("zero2", "zero3"):
-        overrides = micro_overrides(shards, tmp_path / zero, steps=4) + [
-            "data.batch_size=4", "engine.name=deepspeed", f"engine.deepspeed_config={zero}",
-            "train.checkpoint_every=2", "train.log_every=1", "optim.min_lr_ratio=1.0", eval_task]
+    # zero2-offload: ZeRO-Offload keeps the optimizer in CPU memory and steps it with DeepSpeedCPUAdam.
+    variants = {"zero2": ["engine.deepspeed_config=zero2"], "zero3": ["engine.deepspeed_config=zero3"],
+                "zero2-offload": ["engine.deepspeed_config=zero2", "engine.offload_optimizer=true"]}
+    for zero, engine in variants.items():
+        overrides = micro_overrides(shards, tmp_path / zero, steps=4) + engine + [
+            "data.batch_size=4", "engine.name=deepspeed", "train.checkpoint_every=2", "train.log_every=1",
+            "optim.min_lr_ratio=1.0", eval_task]
         done = torchrun(2, ["train", "demo", *overrides], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         run_dir = tmp_path / zero / "micro"
@@ -73,6 +76,8 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
                                        rtol=1e-6, atol=1e-6)
     assert losses["zero2"][-1] < losses["zero2"][0]
     torch.testing.assert_close(torch.tensor(losses["zero2"]), torch.tensor(losses["zero3"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(losses["zero2"]), torch.tensor(losses["zero2-offload"]),
+                               rtol=1e-5, atol=1e-6)
 
     # GradCache under ZeRO-2: 2 micro-batches of 2 per rank are the same contrastive batch as 4 at once, so the
     # loss sequence (same samples, same order) is the batch-4 one. (ZeRO-3 + accumulation is refused for now.)
