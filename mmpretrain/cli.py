@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mmpretrain.config import RunConfig, load_config
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Bad input is the user's to fix: say what is wrong in one line, without a traceback.
         print(f"mmpretrain {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except DataError as e:  # the data went bad mid-run (checkpoints so far are kept)
+        print(f"mmpretrain {args.command}: error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

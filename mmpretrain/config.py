@@ -13,7 +13,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpretrain.data.pipeline import DataConfig
+from mmpretrain.data.augment import check_augment
+from mmpretrain.data.pipeline import DataConfig, check_data_config
+from mmpretrain.data.reader import check_shard_spec
 from mmpretrain.engine.factory import EngineConfig, optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
@@ -71,6 +73,17 @@ def _merge(base, update, source: str):
         raise ConfigError(f"{source}: {_one_line(e)}") from None
 
 
+def _update(config, override: str):
+    key, value = override.split("=", 1)
+    try:
+        parsed = OmegaConf.from_dotlist([f"value={value}"])["value"]  # the same value grammar as other overrides
+        OmegaConf.update(config, key, parsed, merge=True)
+        return config
+    except (OmegaConfBaseException, IndexError, KeyError) as e:
+        message = _one_line(e) if isinstance(e, OmegaConfBaseException) else f"{key}: no such item ({e})"
+        raise ConfigError(f"override {override!r}: {message}") from None
+
+
 def _load_yaml(path: Path):
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -91,7 +104,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     for override in overrides:
         if "=" not in override or override.startswith("="):
             raise ConfigError(f"override {override!r}: expected key.sub=value")
-        merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
+        if "[" in override.split("=", 1)[0]:  # data.sources[1].weight=0.5: an item of a list, set in place
+            merged = _update(merged, override)
+        else:
+            merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
     try:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
@@ -128,6 +144,10 @@ def _validate(config: RunConfig, source: str) -> None:
     try:
         validate_tasks(config.eval)
         optimizer_impl(config.optim, config.engine)
+        check_data_config(config.data)
+        check_augment(config.data.augment)
+        for spec in [*config.data.train, *(s for source in config.data.sources for s in source.shards)]:
+            check_shard_spec(spec, config.data.allow_shell_urls)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

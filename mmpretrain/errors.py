@@ -3,3 +3,7 @@
 
 class ConfigError(ValueError):
     """A config (or the data/model it names) that cannot be used as written; the message names the key."""
+
+
+class DataError(RuntimeError):
+    """Training data that cannot be used: too many bad samples, a source with nothing readable in it."""

@@ -20,8 +20,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from mmpretrain.config import RunConfig, config_to_dict, save_config
+from mmpretrain.data.augment import build_train_transform
 from mmpretrain.data.pipeline import build_train_loader
-from mmpretrain.data.position import StreamPositions
 from mmpretrain.engine.dist import ProcessInfo, barrier, detect_process, init_distributed, shutdown
 from mmpretrain.engine.factory import build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
@@ -29,6 +29,7 @@ from mmpretrain.engine.metrics import MetricsLog
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.engine.preemption import Preempted, PreemptionWatch
 from mmpretrain.engine.schedule import build_scheduler
+from mmpretrain.engine.stream import TrainStream
 from mmpretrain.eval.harness import check_task_data, format_table, run_eval, write_results
 from mmpretrain.losses import build_loss
 from mmpretrain.models import BuiltModel, build_model
@@ -106,20 +107,21 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device, process.local_rank)
     built = build_model(config.model)
-    loader, stream_info = build_train_loader(config.data, built.train_transform, built.tokenizer,
-                                             seed=config.train.seed, rank=process.rank,
-                                             world_size=process.world_size)
+    train_transform = build_train_transform(built.preprocess, config.data.augment)
+    loader, stream_info = build_train_loader(config.data, train_transform, built.tokenizer, seed=config.train.seed,
+                                             rank=process.rank, world_size=process.world_size)
+    samples_per_step = config.data.batch_size * config.train.accum_steps * process.world_size
     if process.is_main:
-        log.info("training data: %s; %d process(es)", stream_info.describe(), process.world_size)
+        log.info("training data: %s; %d process(es)", stream_info.describe(config.train.steps * samples_per_step),
+                 process.world_size)
     optimizer = build_optimizer(built.model, config.optim, config.engine, device)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
-    engine = build_engine(config.engine, ContrastiveObjective(built.model, build_loss(config.loss)), optimizer,
-                          scheduler, device, config.train.precision, config.optim.grad_clip,
-                          config.data.batch_size, process.world_size, config.train.accum_steps)
+    objective = ContrastiveObjective(built.model, build_loss(config.loss), train_transform.device_normalizer())
+    engine = build_engine(config.engine, objective, optimizer, scheduler, device, config.train.precision,
+                          config.optim.grad_clip, config.data.batch_size, process.world_size, config.train.accum_steps)
     restored = engine.restore(run_dir / "checkpoints", resume) if resume else None
     start_step = restored[1] if restored else 0
-    positions = _stream_positions(config, process, restored[2] if restored else None)
-    loader.dataset.start = positions.start()  # before iter(): the workers start from here
+    stream = TrainStream(loader, config.data, process.rank, process.world_size, restored[2] if restored else None)
     if restored and process.is_main:
         log.info("resumed from %s at step %d, data stream at the next unread sample", restored[0], start_step)
     extra = {"config": config_to_dict(config)}
@@ -128,39 +130,37 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
     loss = torch.tensor(float("nan"), device=engine.device)
     progress = tqdm(total=config.train.steps, initial=start_step, desc="train", unit="step",
                     disable=not (config.train.progress and process.is_main), dynamic_ncols=True)
-    samples_per_step = config.data.batch_size * config.train.accum_steps * process.world_size
     window_start, window_samples = time.perf_counter(), 0
-    data = iter(loader)
     metrics_log = (MetricsLog(run_dir / "metrics.jsonl", config.logging, config.run_name, extra["config"])
                    if process.is_main else _NoLog())
     with metrics_log as metrics, \
             PreemptionWatch() as preemption:
         for step in range(start_step + 1, config.train.steps + 1):
-            loss = engine.train_step([positions.consume(next(data)) for _ in range(config.train.accum_steps)])
+            loss = engine.train_step([stream.next_batch() for _ in range(config.train.accum_steps)])
             window_samples += samples_per_step
             progress.update(1)
             if step % config.train.log_every == 0 or step == config.train.steps:
                 samples_per_s = window_samples / (time.perf_counter() - window_start)
                 record = {"loss": _global_mean(loss), "lr": engine.lr,
                           "logit_scale": engine.logit_scale, "samples_per_s": samples_per_s,
-                          "samples_seen": step * samples_per_step}
+                          "samples_seen": step * samples_per_step, **stream.check_and_report()}
                 metrics.write(step, **record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
             if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:
-                engine.save(run_dir / "checkpoints", step, {**extra, "data": _gather(positions)},
+                engine.save(run_dir / "checkpoints", step, {**extra, "data": stream.state_for_checkpoint()},
                             config.train.keep_checkpoints)
             if (config.eval.tasks and config.eval.every_steps and step % config.eval.every_steps == 0
                     and step < config.train.steps):  # the final evaluation follows the loop
                 results = evaluate(config, built, engine, process, step, metrics)
             if preemption.requested() and step < config.train.steps:
                 progress.close()
-                engine.save(run_dir / "checkpoints", step, {**extra, "data": _gather(positions)},
+                engine.save(run_dir / "checkpoints", step, {**extra, "data": stream.state_for_checkpoint()},
                             config.train.keep_checkpoints)
                 raise Preempted(step, preemption.signal_name or "a signal")
         progress.close()
 
-        engine.save(run_dir / "checkpoints", config.train.steps, {**extra, "data": _gather(positions)},
+        engine.save(run_dir / "checkpoints", config.train.steps, {**extra, "data": stream.state_for_checkpoint()},
                     config.train.keep_checkpoints)
         if config.eval.tasks:
             results = evaluate(config, built, engine, process, config.train.steps, metrics)
@@ -168,27 +168,6 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
                 write_results(results, None, run_dir / "results.json")
                 print(format_table(results))
     return TrainResult(run_dir=run_dir, final_loss=_global_mean(loss), results=results)
-
-
-def _stream_positions(config: RunConfig, process: ProcessInfo, saved: Optional[list]) -> StreamPositions:
-    """This rank's data stream position: from the checkpoint when resuming (exact resume), else the start."""
-    readers = max(config.data.num_workers, 1)
-    if not saved:
-        return StreamPositions(readers)
-    if len(saved) != process.world_size:
-        raise ValueError(f"the checkpoint's data stream ran on {len(saved)} ranks, this run has "
-                         f"{process.world_size}: exact resume needs the same number of ranks")
-    return StreamPositions.from_state_dict(saved[process.rank], readers)
-
-
-def _gather(positions: StreamPositions) -> list[dict]:
-    """Every rank's stream position, in rank order (a collective: every rank calls it at the same step)."""
-    state = positions.state_dict()
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [state]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, state)
-    return gathered
 
 
 class _NoLog:

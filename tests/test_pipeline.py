@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmpretrain.data.pipeline import DataConfig, assign_shards, build_train_loader, check_shard_count
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.models import ModelConfig, build_model
 from tests.conftest import write_colour_shards
 
@@ -77,7 +77,7 @@ def test_multi_positive_and_hard_negative_batches(tmp_path, micro):
 def test_hard_negatives_requested_but_absent_is_a_clear_error(colour_shards, micro):
     config = DataConfig(train=[str(colour_shards)], batch_size=4, num_workers=0, negatives_per_sample=1)
     loader, _ = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
-    with pytest.raises(ValueError, match=r"no hard negatives \(<key>.neg.json\)"):
+    with pytest.raises(DataError, match=r"negatives_invalid .*no hard negatives \(<key>.neg.json\)"):
         next(iter(loader))
 
 
@@ -90,13 +90,13 @@ def test_resampled_readers_draw_with_replacement_deterministically(tmp_path, mic
                                   world_size=4)[0].dataset
 
     # 3 shards feed 4 ranks: no shard-count error in resampled mode, and each rank gets its own draw sequence.
-    draws = {rank: list(itertools.islice(stream_of(rank)._passes(0, 1), 200)) for rank in range(4)}
+    draws = {rank: list(itertools.islice(stream_of(rank)._passes(0, 0, 1), 200)) for rank in range(4)}
     flat = [shard for passes in draws[0] for shard in passes]
     assert all(len(p) == 3 for p in draws[0]) and len(set(map(tuple, draws[0]))) > 1  # with replacement
     counts = [flat.count(s) for s in sorted(set(flat))]
     assert len(counts) == 3 and min(counts) > 0.28 * len(flat)  # uniform: each ~1/3 of 600 draws
     assert draws[0] != draws[1]
-    assert draws[0] == list(itertools.islice(stream_of(0)._passes(0, 1), 200))  # seeded: reproducible
+    assert draws[0] == list(itertools.islice(stream_of(0)._passes(0, 0, 1), 200))  # seeded: reproducible
     loader, info = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=5, rank=0,
                                       world_size=4)
     assert "resampled" in info.describe()
@@ -120,7 +120,8 @@ def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tm
     import webdataset as wds
     from PIL import Image
 
-    from mmpretrain.data.pipeline import ShardStream
+    from mmpretrain.data.pipeline import ShardStream, collate
+    from mmpretrain.data.sources import resolve_sources
 
     folder, total = tmp_path / "ids", 0
     folder.mkdir()
@@ -132,13 +133,14 @@ def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tm
                 sink.write({"__key__": f"{total:09d}", "png": png.getvalue(), "txt": "x",
                             "json": json.dumps({}).encode()})
                 total += 1
-    shards = sorted(str(p) for p in folder.glob("*.tar"))
+    sources = resolve_sources([str(folder)], [], allow_shell_urls=False)
     config = DataConfig(train=[str(folder)], batch_size=1, num_workers=2, shuffle_buffer=4)
+    config.limits.min_side = 1  # 2x2 images carry the ids
     seen: list[int] = []
     for rank in range(2):
-        stream = ShardStream(shards, _pixel_id, _no_tokens, config, seed=3, rank=rank, world_size=2)
-        loader = torch.utils.data.DataLoader(stream, batch_size=1, num_workers=2)
+        stream = ShardStream(sources, _pixel_id, _no_tokens, config, seed=3, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(stream, batch_size=1, num_workers=2, collate_fn=collate)
         for batch in itertools.islice(loader, 4 * total):  # long enough for every reader to pass its epoch 0
-            if int(batch["_pass"]) == 0:
+            if batch["_meta"][0].position.sources[0][0] == 0:  # the sample's (pass, next index) in its source
                 seen.append(int(batch["image"]))
     assert sorted(seen) == list(range(total))  # each sample once in epoch 0, over 2 ranks x 2 workers

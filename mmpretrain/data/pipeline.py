@@ -1,8 +1,10 @@
-"""Config -> stages -> loader: the streaming training pipeline over WebDataset shards.
+"""Config -> sources -> stages -> loader: the streaming training pipeline over WebDataset shards.
 
-The stream is an endless run of epochs. In each epoch every rank and every DataLoader worker reads its own
-disjoint slice of the (seeded, per-epoch shuffled) shard list, so no sample is read twice in an epoch and
-nothing depends on a global `args`.
+The stream is endless. Each rank and each DataLoader worker (a reader) reads its own disjoint slice of every
+source's (seeded, per-epoch shuffled) shard list, or draws shards with replacement when resampled. A reader
+picks the source of each sample by weight, then takes that source's next good sample: bad samples and broken
+shards on the way are skipped and travel, counted, with the sample that follows them (see data/quality.py).
+Nothing depends on a global `args`.
 """
 
 from __future__ import annotations
@@ -10,133 +12,182 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from mmpretrain.data.position import StreamStart, sample_seed
-from mmpretrain.data.shards import expand_shards, iter_samples, read_sizes
-from mmpretrain.data.stages import decode_sample, shuffle, to_model_inputs
-from mmpretrain.errors import ConfigError
+from mmpretrain.data.augment import AugmentConfig
+from mmpretrain.data.position import ReaderPosition, SampleMeta, StreamStart, sample_seed
+from mmpretrain.data.quality import SampleLimits, SampleSkipped, SkipEvent
+from mmpretrain.data.reader import ShardFailure, read_shards
+from mmpretrain.data.shards import RawSample
+from mmpretrain.data.sources import (Source, SourceConfig, StreamInfo, assign_shards, check_shard_count,
+                                     resolve_sources)
+from mmpretrain.data.stages import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_sample, shuffle, to_model_inputs
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.models.towers import ImageTransform, Tokenizer
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DataConfig", "ShardStream", "StreamInfo", "assign_shards", "build_train_loader", "check_shard_count"]
+
 
 @dataclass
 class DataConfig:
-    """Training data: which shards, how they are shuffled and batched."""
+    """Training data: which shards, how they are mixed, shuffled, augmented and batched, what is skipped."""
 
-    train: list[str] = field(default_factory=list)  # shard specs (dir, glob or brace pattern); concatenated
+    train: list[str] = field(default_factory=list)  # one source: shard specs (dir, glob, brace), concatenated
+    sources: list[SourceConfig] = field(default_factory=list)  # or several, mixed by weight (not both)
     batch_size: int = 128                            # per rank
     num_workers: int = 2                             # DataLoader worker processes per rank
-    shuffle_buffer: int = 2000                       # samples held for shuffling, per worker
+    shuffle_buffer: int = 2000                       # samples held for shuffling, per worker and source
     positives_per_sample: int = 1                    # >1: that many captions per sample, all positives
     negatives_per_sample: int = 0                    # >0: hard-negative captions per sample from .neg.json
     resampled: bool = False                          # draw shards with replacement forever, per reader (no epochs)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    limits: SampleLimits = field(default_factory=SampleLimits)
+    max_skip_fraction: float = 0.05                  # stop when more of a window of samples was skipped
+    skip_window: int = 10_000                        # samples (all ranks) the skipped fraction is judged over
+    allow_shell_urls: bool = False                   # let webdataset open pipe:/http:/s3: specs (runs commands)
 
 
-@dataclass(frozen=True)
-class StreamInfo:
-    """What the stream will read, stated at start so nobody trains on a silent subset."""
-
-    shards: list[str]
-    samples_per_epoch: int | None
-    resampled: bool = False
-
-    def describe(self) -> str:
-        count = "unknown number of" if self.samples_per_epoch is None else f"{self.samples_per_epoch:,}"
-        if self.resampled:
-            return (f"resampled: every reader draws shards with replacement from {len(self.shards)} shards "
-                    f"({count} samples in all), no epochs")
-        return f"{count} samples per epoch from {len(self.shards)} shards (epochs repeat until the step budget)"
-
-
-def assign_shards(shards: list[str], seed: int, epoch: int, slot: int, slots: int) -> list[str]:
-    """The shards reader `slot` of `slots` (rank-major, then worker) reads in `epoch`.
-
-    The epoch's shard order is shuffled identically on every rank and worker (same seed and epoch), then
-    dealt round-robin, so the readers' slices are disjoint and together cover every shard once.
-    """
-    order = list(shards)
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order[slot::slots]
+def declared_members(config: DataConfig) -> frozenset[str]:
+    """The only members of a sample that are kept and decoded in training."""
+    extra = ("neg.json",) if config.negatives_per_sample > 0 else ()
+    return frozenset(IMAGE_EXTENSIONS + TEXT_EXTENSIONS + extra)
 
 
 class ShardStream(IterableDataset):
-    """An endless, seeded stream of model-ready samples over shards, split across ranks and workers."""
+    """An endless, seeded stream of model-ready samples over weighted sources, split across ranks and workers."""
 
-    def __init__(self, shards: list[str], image_transform: ImageTransform, tokenizer: Tokenizer,
+    def __init__(self, sources: Sequence[Source], image_transform: ImageTransform, tokenizer: Tokenizer,
                  config: DataConfig, seed: int, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
-        self.shards = shards
+        self.sources = list(sources)
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.config = config
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.members = declared_members(config)
         self.start = StreamStart()  # set before the loader's workers start to resume mid-stream
 
-    def _passes(self, worker: int, num_workers: int) -> Iterator[list[str]]:
-        """This reader's shard lists, one per pass: in epoch mode its disjoint slice of each epoch; resampled,
-        as many draws with replacement as there are shards, from a stream seeded by seed, rank and worker."""
+    def _passes(self, source: int, reader: int, num_workers: int) -> Iterator[list[str]]:
+        """A reader's shard lists for one source, one per pass: in epoch mode its disjoint slice of each epoch;
+        resampled, as many draws with replacement as there are shards, seeded by seed, source, rank and reader."""
+        shards = self.sources[source].shards
         if self.config.resampled:
-            rng = random.Random(f"{self.seed}-shards-{self.rank}-{worker}")
+            tag = f"{self.seed}-shards-{self.rank}-{reader}" + (f"-{source}" if source else "")
+            rng = random.Random(tag)
             while True:
-                yield rng.choices(self.shards, k=len(self.shards))
-        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+                yield rng.choices(shards, k=len(shards))
+        slot, slots = self.rank * num_workers + reader, self.world_size * num_workers
         for epoch in itertools.count():
-            yield assign_shards(self.shards, self.seed, epoch, slot, slots)
+            yield assign_shards(shards, self.seed + source, epoch, slot, slots)
+
+    def _raw_items(self, source: int, reader: int, num_workers: int, start: tuple[int, int]
+                   ) -> Iterator[tuple[int, int, Union[RawSample, ShardFailure]]]:
+        """(pass, index, raw sample or shard failure) of one source, from position `start` on."""
+        start_pass, skip = start
+        for pass_index, shards in enumerate(self._passes(source, reader, num_workers)):
+            if pass_index < start_pass:
+                continue  # a pass's shard list is cheap to compute; its samples are never read
+            rng = random.Random(f"{self.seed}-{self.rank}-{reader}-{pass_index}" + (f"-{source}" if source else ""))
+            raw = read_shards(shards, self.members, self.config.allow_shell_urls, self.sources[source].sizes)
+            read = 0
+            # The buffer holds raw members: replaying to a resume position reads tars but decodes nothing.
+            for index, item in enumerate(shuffle(raw, self.config.shuffle_buffer, rng)):
+                read += 1
+                if pass_index == start_pass and index < skip:
+                    continue
+                yield pass_index, index, item
+            if read == 0:
+                raise DataError(f"rank {self.rank} reader {reader} read nothing from shards {shards}")
+
+    def _pick_source(self, reader: int, delivered: int) -> int:
+        """The source of a reader's next sample: by weight, seeded per sample (no state to save)."""
+        if len(self.sources) == 1:
+            return 0
+        draw = random.Random(f"{self.seed}-mix-{self.rank}-{reader}-{delivered}").random()
+        cumulative = itertools.accumulate(s.weight for s in self.sources)
+        return next((i for i, c in enumerate(cumulative) if draw < c), len(self.sources) - 1)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reader = self.start.reader_of(worker, num_workers)
-        start_pass, skip = self.start.next.get(reader, (0, 0))
-        for pass_index, shards in enumerate(self._passes(reader, num_workers)):
-            if pass_index < start_pass:
-                continue  # a pass's shard list is cheap to compute; its samples are never read
-            rng = random.Random(f"{self.seed}-{self.rank}-{reader}-{pass_index}")
-            # Skip (and log) unreadable samples rather than kill the run; issue-level accounting comes later.
-            raw = iter_samples(shards, handler=wds.warn_and_continue)
-            read = 0
-            # The buffer holds raw members: replaying to a resume position reads tars but decodes nothing.
-            for index, raw_sample in enumerate(shuffle(raw, self.config.shuffle_buffer, rng)):
-                read += 1
-                if pass_index == start_pass and index < skip:
-                    continue
-                seed = sample_seed(self.seed, self.rank, reader, pass_index, index)
-                inputs: dict[str, Any] = to_model_inputs(
-                    decode_sample(raw_sample), self.image_transform, self.tokenizer, seed,
-                    self.config.positives_per_sample, self.config.negatives_per_sample)
-                yield {**inputs, "_reader": reader, "_pass": pass_index, "_index": index}
-            if read == 0:
-                raise RuntimeError(f"rank {self.rank} reader {reader} read no samples from shards {shards}")
+        position = self.start.next.get(reader, ReaderPosition.start(len(self.sources)))
+        reached = list(position.sources)
+        streams = [self._raw_items(s, reader, num_workers, reached[s]) for s in range(len(self.sources))]
+        delivered, skipped = position.delivered, []
+        while True:
+            source = self._pick_source(reader, delivered)
+            inputs = self._next_good(source, reader, streams[source], reached, skipped)
+            delivered += 1
+            meta = SampleMeta(reader, ReaderPosition(delivered, tuple(reached)), tuple(skipped))
+            skipped = []
+            yield {**inputs, "_meta": meta}
+
+    def _next_good(self, source: int, reader: int, stream: Iterator, reached: list[tuple[int, int]],
+                   skipped: list[SkipEvent]) -> dict[str, torch.Tensor]:
+        """The model inputs of `source`'s next usable sample; what is skipped on the way goes into `skipped`."""
+        empty_passes, last_pass = 0, reached[source][0]
+        for pass_index, index, item in stream:
+            reached[source] = (pass_index, index + 1)
+            if pass_index != last_pass:
+                empty_passes, last_pass = empty_passes + 1, pass_index
+                if empty_passes >= 2:  # a whole pass went by without one usable sample
+                    reasons = ", ".join(sorted({e.reason for e in skipped}))
+                    example = skipped[-1].detail if skipped else ""
+                    raise DataError(f"data: source {self.sources[source].name!r} (rank {self.rank}, reader "
+                                    f"{reader}) had no usable sample in a whole pass over its shards; skipped: "
+                                    f"{reasons} (e.g. {example})")
+            if isinstance(item, ShardFailure):
+                skipped.append(SkipEvent(item.reason, item.shard, item.lost, item.detail))
+                continue
+            try:
+                sample = decode_sample(item, self.config.limits, load=False)
+                seed = sample_seed(self.seed, self.rank, reader, source, pass_index, index)
+                return to_model_inputs(sample, self.image_transform, self.tokenizer, seed,
+                                       self.config.positives_per_sample, self.config.negatives_per_sample)
+            except SampleSkipped as e:
+                key = str(item.get("__key__", "?"))
+                skipped.append(SkipEvent(e.reason, item.get("__url__", "?"), 1, f"{key}: {e.detail}", key))
+        raise AssertionError("a source's raw stream is endless")
 
 
-def check_shard_count(num_shards: int, world_size: int, num_workers: int) -> None:
-    """Fewer shards than readers leaves some reader idle forever: a known cause of hangs. Stop early instead."""
-    readers = world_size * max(num_workers, 1)
-    if num_shards < readers:
-        raise ConfigError(f"data: {num_shards} shards cannot feed {world_size} ranks x {max(num_workers, 1)} workers = "
-                         f"{readers} readers; write more, smaller shards or lower data.num_workers")
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """default_collate for the tensors; the samples' SampleMeta stay a list under `_meta`."""
+    metas = [sample.pop("_meta") for sample in samples]
+    batch = default_collate(samples)
+    batch["_meta"] = metas
+    return batch
+
+
+def check_data_config(config: DataConfig) -> None:
+    if not 0 <= config.max_skip_fraction <= 1:
+        raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {config.max_skip_fraction}")
+    if config.skip_window < 1:
+        raise ConfigError(f"data.skip_window must be >= 1, got {config.skip_window}")
+    limits = config.limits
+    if limits.max_pixels < 1 or limits.min_side < 1 or limits.max_aspect_ratio < 1:
+        raise ConfigError(f"data.limits: max_pixels and min_side must be >= 1 and max_aspect_ratio >= 1, got {limits}")
 
 
 def build_train_loader(config: DataConfig, image_transform: ImageTransform, tokenizer: Tokenizer, seed: int,
                        rank: int = 0, world_size: int = 1) -> tuple[DataLoader, StreamInfo]:
     """The training DataLoader (endless) and a description of what it reads."""
-    if not config.train:
-        raise ConfigError("data.train is empty: give at least one shard directory, glob or brace pattern")
-    shards = [shard for spec in config.train for shard in expand_shards(spec)]
+    check_data_config(config)
+    sources = resolve_sources(config.train, config.sources, config.allow_shell_urls)
     if not config.resampled:  # resampled readers each draw from all shards: any count feeds any number
-        check_shard_count(len(shards), world_size, config.num_workers)
-    info = StreamInfo(shards=shards, samples_per_epoch=read_sizes(shards), resampled=config.resampled)
-    stream = ShardStream(shards, image_transform, tokenizer, config, seed, rank, world_size)
-    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers,
+        for source in sources:
+            check_shard_count(len(source.shards), world_size, config.num_workers,
+                              source.name if len(sources) > 1 else "")
+    stream = ShardStream(sources, image_transform, tokenizer, config, seed, rank, world_size)
+    loader = DataLoader(stream, batch_size=config.batch_size, num_workers=config.num_workers, collate_fn=collate,
                         persistent_workers=config.num_workers > 0, drop_last=True)
-    return loader, info
+    return loader, StreamInfo(sources, config.resampled)

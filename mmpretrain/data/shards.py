@@ -16,6 +16,7 @@ from typing import Any
 
 import braceexpand
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 SIZES_FILE = "sizes.json"
 
@@ -38,9 +39,9 @@ def expand_shards(spec: str) -> list[str]:
     return shards
 
 
-def read_sizes(shards: Iterable[str]) -> int | None:
-    """Total samples in `shards` from the sizes.json files beside them, or None if any count is unknown."""
-    total = 0
+def read_shard_sizes(shards: Iterable[str]) -> dict[str, int] | None:
+    """Samples per shard from the sizes.json files beside the shards, or None if any count is unknown."""
+    sizes: dict[str, int] = {}
     cache: dict[str, dict[str, int]] = {}
     for shard in shards:
         folder = os.path.dirname(os.path.abspath(shard))
@@ -53,17 +54,27 @@ def read_sizes(shards: Iterable[str]) -> int | None:
         count = cache[folder].get(os.path.basename(shard))
         if count is None:
             return None
-        total += int(count)
-    return total
+        sizes[shard] = int(count)
+    return sizes
+
+
+def read_sizes(shards: Iterable[str]) -> int | None:
+    """Total samples in `shards` from the sizes.json files beside them, or None if any count is unknown."""
+    sizes = read_shard_sizes(shards)
+    return None if sizes is None else sum(sizes.values())
 
 
 def iter_samples(shards: Iterable[str], handler: Callable[[Exception], bool] = wds.reraise_exception
                  ) -> Iterator[RawSample]:
     """Yield raw samples from the given shards in order, using webdataset's tar reader and key grouping.
 
-    Reading img2dataset output needs nothing special: it is the same `<key>.<ext>` layout.
+    Reading img2dataset output needs nothing special: it is the same `<key>.<ext>` layout. A shard is opened
+    as a file, never through webdataset's gopen (which runs `pipe:` names as shell commands; data/reader.py).
     """
-    yield from wds.tarfile_to_samples(handler=handler)({"url": shard} for shard in shards)
+    for shard in shards:
+        with open(shard, "rb") as stream:
+            files = tar_file_expander([{"url": shard, "stream": stream}], handler=handler)
+            yield from group_by_keys(files, handler=handler)
 
 
 # A fixed member mtime makes a shard's bytes depend only on its samples, so the same input writes identical tars.

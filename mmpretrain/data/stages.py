@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mmpretrain.data.quality import SampleLimits, SampleSkipped, check_image_size
 from mmpretrain.data.shards import RawSample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -41,42 +43,81 @@ def _first_member(raw: RawSample, extensions: tuple[str, ...]) -> bytes | None:
     return None
 
 
+def open_image(data: bytes | None, limits: SampleLimits | None = None) -> Image.Image:
+    """Open image bytes and check the header's size against `limits`; pixels are decoded later (`load_rgb`).
+
+    Any exception from PIL on these untrusted bytes (it raises OSError, SyntaxError, ValueError, struct.error,
+    and more) means the image is unreadable: a counted skip, whatever its type.
+    """
+    if data is None:
+        raise SampleSkipped("image_missing", f"no {'/'.join(IMAGE_EXTENSIONS)} member")
+    if not data:
+        raise SampleSkipped("image_unreadable", "zero bytes")
+    try:
+        with warnings.catch_warnings():  # our own pixel limit decides, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise SampleSkipped("image_too_large", str(e)) from None
+    except Exception as e:
+        raise SampleSkipped("image_unreadable", f"{type(e).__name__}: {e}") from None
+    if limits is not None:  # training skips by its limits; evaluation takes every image it can read
+        check_image_size(*image.size, limits)
+    return image
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decode the pixels (truncated data fails here) as RGB."""
+    try:
+        image.load()
+        return image.convert("RGB")
+    except Exception as e:  # see open_image
+        raise SampleSkipped("image_unreadable", f"{type(e).__name__}: {e}") from None
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Decode image bytes to an RGB PIL image (fully loaded, so truncation errors surface here)."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.convert("RGB")
+    return load_rgb(open_image(data))
 
 
-def decode_captions(data: bytes) -> list[str]:
+def decode_captions(data: bytes | None) -> list[str]:
     """A .txt member holds one caption, or several separated by newlines (for caption sampling)."""
-    captions = [line.strip() for line in data.decode("utf-8").splitlines()]
-    return [c for c in captions if c]
-
-
-def decode_sample(raw: RawSample) -> Sample:
-    """Decode the image, caption and metadata members of a raw sample; raise ValueError when one is missing."""
-    key = raw.get("__key__", "?")
-    image_bytes = _first_member(raw, IMAGE_EXTENSIONS)
-    if image_bytes is None:
-        raise ValueError(f"sample {key!r} has no image member (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    text_bytes = _first_member(raw, TEXT_EXTENSIONS)
-    if text_bytes is None:
-        raise ValueError(f"sample {key!r} has no .txt caption")
-    captions = decode_captions(text_bytes)
+    if data is None:
+        raise SampleSkipped("caption_missing", "no .txt member")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SampleSkipped("caption_not_utf8", str(e)) from None
+    captions = [c for c in (line.strip() for line in text.splitlines()) if c]
     if not captions:
-        raise ValueError(f"sample {key!r} has an empty caption")
-    meta = json.loads(raw["json"].decode("utf-8")) if raw.get("json") is not None else {}
-    negatives = decode_negatives(raw["neg.json"], key) if raw.get("neg.json") is not None else []
-    return Sample(key=key, image=decode_image(image_bytes), captions=captions, meta=meta, negatives=negatives)
+        raise SampleSkipped("caption_empty", "the .txt member holds no text")
+    return captions
 
 
 def decode_negatives(data: bytes, key: str) -> list[str]:
     """A .neg.json member is a JSON list of hard-negative captions (strings); empty strings are dropped."""
-    negatives = json.loads(data.decode("utf-8"))
+    try:
+        negatives = json.loads(data.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise SampleSkipped("negatives_invalid", f"sample {key!r}: .neg.json: {e}") from None
     if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
-        raise ValueError(f"sample {key!r}: .neg.json must be a JSON list of strings")
+        raise SampleSkipped("negatives_invalid", f"sample {key!r}: .neg.json must be a JSON list of strings")
     return [n.strip() for n in negatives if n.strip()]
+
+
+def decode_sample(raw: RawSample, limits: SampleLimits | None = None, load: bool = True) -> Sample:
+    """Decode the members of a raw sample; raise SampleSkipped (a ValueError) naming the reason when one is bad.
+
+    With `load=False` the image is only opened and checked: the training transform decodes it, possibly at a
+    reduced JPEG scale (see data/augment.py). Members a sample lacks are simply absent from the result.
+    """
+    key = raw.get("__key__", "?")
+    image = open_image(_first_member(raw, IMAGE_EXTENSIONS), limits)
+    captions = decode_captions(_first_member(raw, TEXT_EXTENSIONS))
+    meta = json.loads(raw["json"].decode("utf-8")) if raw.get("json") is not None else {}
+    negatives = decode_negatives(raw["neg.json"], key) if raw.get("neg.json") is not None else []
+    return Sample(key=key, image=load_rgb(image) if load else image, captions=captions, meta=meta,
+                  negatives=negatives)
 
 
 def choose(options: list[str], count: int, rng: random.Random) -> list[str]:
@@ -112,15 +153,20 @@ def to_model_inputs(sample: Sample, image_transform: Callable[[Image.Image], tor
     `negatives` > 0 adds `negative_text` [k, ctx] drawn from the sample's hard negatives. Caption choice and
     augmentation are seeded by `seed` alone, so a sample comes out the same whatever was read before it.
     """
+    if negatives > 0 and not sample.negatives:
+        raise SampleSkipped("negatives_invalid", f"sample {sample.key!r} has no hard negatives (<key>.neg.json) "
+                            f"but data.negatives_per_sample={negatives}")
+    # A transform that decodes for itself (data/augment.py) gets the image unopened; any other gets its pixels
+    # decoded here, so an unreadable image is still a counted skip rather than an error inside the transform.
+    image = sample.image if getattr(image_transform, "decodes_lazily", False) else load_rgb(sample.image)
     rng = random.Random(seed)
     captions = tokenize(choose(sample.captions, positives, rng))
     with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
-        torch.manual_seed(seed)
-        image = image_transform(sample.image)
+        # The CPU generator only: torch.manual_seed also seeds every accelerator backend, which in a worker costs
+        # ~1 ms per sample (each uninitialised backend records a stack trace), a sixth of the sample's time.
+        torch.default_generator.manual_seed(seed)
+        image = image_transform(image)
     inputs = {"image": image, "text": captions[0] if positives == 1 else captions}
     if negatives > 0:
-        if not sample.negatives:
-            raise ValueError(f"sample {sample.key!r} has no hard negatives (<key>.neg.json) but "
-                             f"data.negatives_per_sample={negatives}")
         inputs["negative_text"] = tokenize(choose(sample.negatives, negatives, rng))
     return inputs

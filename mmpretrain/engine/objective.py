@@ -22,11 +22,19 @@ Mode = Literal["loss", "features", "loss_from_features", "surrogate"]
 
 
 class ContrastiveObjective(nn.Module):
-    def __init__(self, model: MultiTower, loss: nn.Module) -> None:
+    def __init__(self, model: MultiTower, loss: nn.Module, image_normalizer: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.model = model
         self.loss = loss
+        # uint8 images from the data workers are finished here, on the training device (data/augment.py)
+        self.image_normalizer = image_normalizer
         self.last_logit_scale = torch.tensor(float("nan"))  # for logging, read outside forward
+
+    def _encode(self, batch: Mapping[str, torch.Tensor]) -> Features:
+        image = batch.get("image")
+        if self.image_normalizer is not None and image is not None and image.dtype == torch.uint8:
+            batch = {**batch, "image": self.image_normalizer(image)}
+        return self.model(batch)
 
     def forward(self, batch: Mapping[str, torch.Tensor], mode: Mode = "loss",
                 feature_grads: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor | Features:
@@ -34,12 +42,12 @@ class ContrastiveObjective(nn.Module):
         whole accumulated batch -> loss. `surrogate`: batch and the loss's gradient w.r.t. its features ->
         a scalar whose backward sends exactly that gradient into the towers."""
         if mode == "features":
-            return self.model(batch)
+            return self._encode(batch)
         if mode == "surrogate":
             assert feature_grads is not None
-            features = self.model(batch)
+            features = self._encode(batch)
             return sum((features[key] * grad).sum() for key, grad in feature_grads.items())
-        features = self.model(batch) if mode == "loss" else dict(batch)
+        features = self._encode(batch) if mode == "loss" else dict(batch)
         scale = self.model.scale()
         self.last_logit_scale = scale.detach()
         # text is [B, D] or [B, P, D] (P positive captions); hard negatives, when the batch has them, are extra

@@ -4,7 +4,7 @@ configs/models/. We never write a ViT; we take open_clip's towers, tokenizer and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import open_clip
@@ -38,6 +38,7 @@ class BuiltModel:
     train_transform: ImageTransform
     eval_transform: ImageTransform
     tokenizer: Tokenizer
+    preprocess: dict = field(default_factory=dict)  # open_clip's preprocess cfg: size, mean, std, interpolation
 
 
 _registered = False
@@ -80,4 +81,5 @@ def build_model(config: ModelConfig) -> BuiltModel:
     )
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built %s: %.2fM parameters", config.name, n_params / 1e6)
-    return BuiltModel(model, train_transform, eval_transform, open_clip.get_tokenizer(config.name))
+    return BuiltModel(model, train_transform, eval_transform, open_clip.get_tokenizer(config.name),
+                      dict(open_clip.get_model_preprocess_cfg(clip)))
