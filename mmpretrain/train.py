@@ -145,6 +145,7 @@ def _train(config: RunConfig, process: ProcessInfo, resume: Optional[str], overw
                           "logit_scale": engine.logit_scale, "samples_per_s": samples_per_s,
                           "samples_seen": step * samples_per_step, **stream.check_and_report()}
                 metrics.write(step, **record)
+                stream.stop_if_over_budget()  # every rank at this same step, after the counts are on record
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{samples_per_s:.0f}")
                 window_start, window_samples = time.perf_counter(), 0
             if config.train.checkpoint_every and step % config.train.checkpoint_every == 0:

@@ -87,6 +87,8 @@ def test_too_many_skips_stop_the_run_naming_the_worst_shards(corrupt, tmp_path, 
     assert "over the limit of 5.0% (data.max_skip_fraction)" in err and "Worst shards:" in err
     assert "shard-000000.tar" in err or "shard-000002.tar" in err
     assert len(err.strip().splitlines()) == 1
+    last = read_metrics(tmp_path / "micro" / "metrics.jsonl")[-1]  # the counts that stopped it are on record
+    assert last["data/skip_fraction"] > 0.05 and last["data/skipped"] > 0
 
 
 def test_skip_budget_judges_a_sliding_window():

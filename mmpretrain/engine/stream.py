@@ -36,6 +36,7 @@ class TrainStream:
         self.ledger = SkipLedger.from_state_dict(state.get("skips") if state else None)
         self.budget = SkipBudget(config.max_skip_fraction, config.skip_window)
         self.config = config
+        self.over_budget: Optional[Exception] = None  # set by check_and_report, raised by stop_if_over_budget
         loader.dataset.start = self.positions.start()  # before iter(): the workers start from here
         self._batches: Iterator[dict[str, Any]] = iter(loader)
 
@@ -47,8 +48,9 @@ class TrainStream:
         return batch
 
     def check_and_report(self) -> dict[str, float]:
-        """Global skip counts for the metrics log; raises DataError (on every rank) past the skip budget.
-        A collective: every rank calls it at the same step."""
+        """Global skip counts for the metrics log, and the verdict on the skip budget (the same on every rank),
+        which `stop_if_over_budget` acts on once the counts are logged. A collective: every rank calls it at the
+        same step."""
         counts = torch.tensor(self.ledger.counts(), dtype=torch.float64)
         if _distributed():
             # NCCL reduces only tensors on the GPU; gloo takes them where they are.
@@ -62,9 +64,13 @@ class TrainStream:
             report["data/skip_fraction"] = fraction
         if self.budget.exceeded(fraction):
             worst, details = self._worst_everywhere()
-            raise too_many_skips(fraction, self.budget.max_fraction, self.budget.window, global_counts, worst,
-                                 details)
+            self.over_budget = too_many_skips(fraction, self.budget.max_fraction, self.budget.window,
+                                              global_counts, worst, details)
         return report
+
+    def stop_if_over_budget(self) -> None:
+        if self.over_budget is not None:
+            raise self.over_budget
 
     def _worst_everywhere(self) -> tuple[list[tuple[str, int]], dict[str, str]]:
         local = (self.ledger.worst_shards(), dict(self.ledger.last_detail))
