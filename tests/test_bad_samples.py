@@ -119,3 +119,38 @@ def test_a_shard_that_vanished_is_counted_as_unreadable(tmp_path):
     (failure,) = list(read_shard(str(tmp_path / "gone.tar"), members={"png", "txt"}, expected=7))
     assert isinstance(failure, ShardFailure) and failure.reason == "shard_unreadable" and failure.lost == 7
     assert "FileNotFoundError" in failure.detail
+
+
+def test_big_members_are_never_read_into_memory(tmp_path):
+    """A 20 MB undeclared member is passed over and a 20 MB image over the cap becomes a counted skip; neither is
+    ever held in memory (traced allocations stay far below their size)."""
+    import io
+    import tarfile
+    import tracemalloc
+
+    from mmpretrain.data.quality import SampleLimits
+    from mmpretrain.data.reader import read_shard
+    from mmpretrain.data.stages import decode_sample
+
+    shard = tmp_path / "big.tar"
+    small = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(small, "PNG")
+    members = [("a.npy", b"\0" * 20_000_000), ("a.png", small.getvalue()), ("a.txt", b"ok"),
+               ("b.png", b"\0" * 20_000_000), ("b.txt", b"too big")]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    del members
+    tracemalloc.start()
+    samples = list(read_shard(str(shard), members={"png", "txt"}, max_member_bytes=1_000_000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000
+    assert [s["__key__"] for s in samples] == ["a", "b"] and "npy" not in samples[0]
+    assert decode_sample(samples[0], SampleLimits()).captions == ["ok"]
+    with pytest.raises(Exception, match="member_too_large: .png of 20,000,000 bytes"):
+        decode_sample(samples[1], SampleLimits())

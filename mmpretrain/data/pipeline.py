@@ -97,7 +97,8 @@ class ShardStream(IterableDataset):
             if pass_index < start_pass:
                 continue  # a pass's shard list is cheap to compute; its samples are never read
             rng = random.Random(f"{self.seed}-{self.rank}-{reader}-{pass_index}" + (f"-{source}" if source else ""))
-            raw = read_shards(shards, self.members, self.config.allow_shell_urls, self.sources[source].sizes)
+            raw = read_shards(shards, self.members, self.config.allow_shell_urls, self.sources[source].sizes,
+                              self.config.limits.max_member_bytes)
             read = 0
             # The buffer holds raw members: replaying to a resume position reads tars but decodes nothing.
             for index, item in enumerate(shuffle(raw, self.config.shuffle_buffer, rng)):
@@ -174,8 +175,9 @@ def check_data_config(config: DataConfig) -> None:
     if config.skip_window < 1:
         raise ConfigError(f"data.skip_window must be >= 1, got {config.skip_window}")
     limits = config.limits
-    if limits.max_pixels < 1 or limits.min_side < 1 or limits.max_aspect_ratio < 1:
-        raise ConfigError(f"data.limits: max_pixels and min_side must be >= 1 and max_aspect_ratio >= 1, got {limits}")
+    if min(limits.max_member_bytes, limits.max_pixels, limits.min_side) < 1 or limits.max_aspect_ratio < 1:
+        raise ConfigError(f"data.limits: max_member_bytes, max_pixels and min_side must be >= 1 and "
+                          f"max_aspect_ratio >= 1, got {limits}")
 
 
 def build_train_loader(config: DataConfig, image_transform: ImageTransform, tokenizer: Tokenizer, seed: int,

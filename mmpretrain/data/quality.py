@@ -16,6 +16,7 @@ from typing import Any, Optional
 from mmpretrain.errors import DataError
 
 SKIP_REASONS = (
+    "member_too_large",   # a declared member over data.limits.max_member_bytes (never read into memory)
     "image_missing",      # no jpg/jpeg/png/webp member
     "image_unreadable",   # zero bytes, not an image, truncated or corrupt image data
     "image_too_large",    # more pixels than data.limits.max_pixels (a decompression bomb), judged from the header
@@ -34,6 +35,7 @@ SKIP_REASONS = (
 class SampleLimits:
     """What an acceptable image looks like; anything else is skipped and counted."""
 
+    max_member_bytes: int = 64 * 2**20  # a declared tar member's size, from its header: bigger is never read
     max_pixels: int = 50_000_000       # width x height, read from the header before any pixel is decoded
     min_side: int = 8                  # shorter side, in pixels
     max_aspect_ratio: float = 10.0     # longer side / shorter side

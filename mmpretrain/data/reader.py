@@ -3,26 +3,39 @@
 webdataset opens a URL through `gopen`, which runs `pipe:` URLs in a shell and http(s)/s3/gs URLs through
 curl or gsutil subprocesses: a shard list would be a list of commands. So a shard here is a local file opened
 with `open()`, and any URL is refused unless `data.allow_shell_urls` says otherwise. Within a shard only the
-members a sample needs are kept (a `.pth` or `.pyd` member is dropped as bytes, never decoded or unpickled), and a
-shard that cannot be opened or breaks partway becomes a `ShardFailure` in the stream instead of an exception,
-so the samples it did hold are used and the loss is counted.
+members a sample needs are read (a `.pth` or `.pyd` member is passed over unread, never decoded or unpickled),
+none over a size cap, and a shard that cannot be opened or breaks partway becomes a `ShardFailure` in the stream
+instead of an exception, so the samples it did hold are used and the loss is counted.
 """
 
 from __future__ import annotations
 
 import re
+import tarfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import IO, Optional, Union
 
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import base_plus_ext, group_by_keys
 
+from mmpretrain.data.quality import SampleLimits
 from mmpretrain.data.shards import RawSample
 from mmpretrain.errors import ConfigError
 
 # `pipe:cmd`, `http://`, `s3://`, `gs://`, `file:`...: a scheme of two or more letters (so `C:\` stays a path).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+DEFAULT_MAX_MEMBER_BYTES = SampleLimits().max_member_bytes
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's own metadata members (`__index__`...), never samples
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """Stands in for a declared member over the size cap: its bytes were skipped, never held in memory."""
+
+    size: int
 
 
 @dataclass(frozen=True)
@@ -54,12 +67,37 @@ def _open(shard: str, allow_shell_urls: bool):
     return open(shard, "rb")
 
 
+def _tar_members(stream: IO[bytes], shard: str, members: Collection[str], max_bytes: int) -> Iterator[dict]:
+    """The regular files of a tar stream as webdataset's grouping takes them (`fname`, `data`, `__url__`).
+
+    The size in a member's header is checked before its data is read: undeclared members and declared ones over
+    `max_bytes` are passed over in the stream (read in small blocks and dropped), so a shard cannot make a
+    worker hold a multi-gigabyte member.
+    """
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if not info.isreg() or _META.match(info.name):
+                continue
+            extension = (base_plus_ext(info.name)[1] or "").lower()
+            if extension not in members:
+                data: object = b""  # named (so the sample is still seen and counted), never read
+            elif info.size > max_bytes:
+                data = Oversized(info.size)
+            else:
+                file = tar.extractfile(info)
+                data = file.read() if file is not None else b""
+            yield {"fname": info.name, "data": data, "__url__": shard}
+            tar.members = []  # tarfile keeps every header it has seen; a shard can hold millions
+
+
 def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = False,
-               expected: Optional[int] = None) -> Iterator[Union[RawSample, ShardFailure]]:
+               expected: Optional[int] = None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+               ) -> Iterator[Union[RawSample, ShardFailure]]:
     """The samples of one shard, holding only `members` (extensions), then a ShardFailure if it broke.
 
-    Member grouping is webdataset's (`<key>.<ext>`, consecutive members with one key form a sample). `expected`
-    (from sizes.json) says how many samples a broken shard lost; unknown, a failure counts as one.
+    Member grouping is webdataset's (`<key>.<ext>`, consecutive members with one key form a sample). A declared
+    member over `max_member_bytes` is replaced by `__oversized__` (a counted skip later). `expected` (from
+    sizes.json) says how many samples a broken shard lost; unknown, a failure counts as one.
     """
     delivered, files_read, failure = 0, 0, None
 
@@ -80,12 +118,16 @@ def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = Fa
         yield ShardFailure(shard, "shard_unreadable", f"{type(e).__name__}: {e}", max(expected or 1, 1))
         return
     try:
-        files = tar_file_expander([{"url": shard, "stream": stream}], handler=wds.reraise_exception)
+        files = _tar_members(stream, shard, members, max_member_bytes)
         for sample in group_by_keys(until_failure(files), handler=wds.reraise_exception):
             delivered += 1
-            # Every member is read (a sample of only unknown members must still be counted as a skip), but only
-            # the declared ones are kept: the rest never reach a decoder or the shuffle buffer.
-            yield {k: v for k, v in sample.items() if k in members or k in ("__key__", "__url__")}
+            # Only the declared members are kept: the rest never reach a decoder or the shuffle buffer.
+            kept = {k: v for k, v in sample.items() if k in members or k in ("__key__", "__url__")}
+            oversized = {k: v.size for k, v in kept.items() if isinstance(v, Oversized)}
+            if oversized:
+                kept = {k: v for k, v in kept.items() if k not in oversized}
+                kept["__oversized__"] = ", ".join(f".{k} of {n:,} bytes" for k, n in oversized.items())
+            yield kept
     except Exception as e:  # from the grouping: a duplicate member name ends the shard too
         failure = e
     finally:
@@ -97,6 +139,7 @@ def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = Fa
 
 
 def read_shards(shards: Iterable[str], members: Collection[str], allow_shell_urls: bool = False,
-                sizes: Optional[Mapping[str, int]] = None) -> Iterator[Union[RawSample, ShardFailure]]:
+                sizes: Optional[Mapping[str, int]] = None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+                ) -> Iterator[Union[RawSample, ShardFailure]]:
     for shard in shards:
-        yield from read_shard(shard, members, allow_shell_urls, (sizes or {}).get(shard))
+        yield from read_shard(shard, members, allow_shell_urls, (sizes or {}).get(shard), max_member_bytes)

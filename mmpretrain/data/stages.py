@@ -112,6 +112,8 @@ def decode_sample(raw: RawSample, limits: SampleLimits | None = None, load: bool
     reduced JPEG scale (see data/augment.py). Members a sample lacks are simply absent from the result.
     """
     key = raw.get("__key__", "?")
+    if raw.get("__oversized__"):
+        raise SampleSkipped("member_too_large", raw["__oversized__"])
     image = open_image(_first_member(raw, IMAGE_EXTENSIONS), limits)
     captions = decode_captions(_first_member(raw, TEXT_EXTENSIONS))
     meta = json.loads(raw["json"].decode("utf-8")) if raw.get("json") is not None else {}
