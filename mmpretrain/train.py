@@ -22,7 +22,8 @@ from tqdm import tqdm
 from mmpretrain.config import RunConfig, config_to_dict, save_config
 from mmpretrain.data.augment import build_train_transform
 from mmpretrain.data.pipeline import build_train_loader
-from mmpretrain.engine.dist import ProcessInfo, barrier, detect_process, init_distributed, shutdown
+from mmpretrain.engine.dist import (ProcessInfo, barrier, detect_process, init_distributed, multi_process,
+                                   shutdown)
 from mmpretrain.engine.factory import build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.engine.metrics import MetricsLog
@@ -84,7 +85,7 @@ def evaluate(config: RunConfig, built: BuiltModel, engine, process: ProcessInfo,
 
 def _global_mean(value: torch.Tensor) -> float:
     """The mean of a per-rank value over ranks (the global-batch loss). A sync point: only on log steps."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_process():
         value = value.clone()
         dist.all_reduce(value)
         value /= dist.get_world_size()

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -62,3 +63,14 @@ def micro_overrides(data_dir: Path, output_dir: Path, steps: int = 4) -> list[st
         "data.shuffle_buffer=8", f"train.steps={steps}", "train.log_every=2", "train.progress=false",
         "train.device=cpu", "optim.warmup_steps=1", f"output_dir={output_dir}", "run_name=micro",
     ]
+
+
+def pixel_id(image: Image.Image) -> torch.Tensor:
+    """An image transform for stream tests: the sample id written into pixel (0, 0) as red * 256 + green."""
+    red, green, _ = image.convert("RGB").getpixel((0, 0))
+    return torch.tensor(red * 256 + green)
+
+
+def no_tokens(captions: list[str]) -> torch.Tensor:
+    """A tokenizer for stream tests that do not look at text."""
+    return torch.zeros(len(captions), 1, dtype=torch.long)

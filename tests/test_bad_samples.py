@@ -6,14 +6,13 @@ import json
 import os
 
 import pytest
-import torch
 
 from mmpretrain.cli import main
-from mmpretrain.data.pipeline import DataConfig, ShardStream, collate
+from mmpretrain.data.pipeline import DataConfig, ShardStream
 from mmpretrain.data.quality import SKIP_REASONS, SkipBudget
 from mmpretrain.data.sources import assign_shards, resolve_sources
 from mmpretrain.engine.metrics import read_metrics
-from tests.conftest import micro_overrides
+from tests.conftest import micro_overrides, no_tokens, pixel_id
 from tests.corrupt_shards import write_corrupt_shards
 
 
@@ -22,18 +21,9 @@ def corrupt(tmp_path_factory):
     return write_corrupt_shards(tmp_path_factory.mktemp("corrupt") / "shards")
 
 
-def _pixel_id(image) -> torch.Tensor:
-    red, green, _ = image.convert("RGB").getpixel((0, 0))
-    return torch.tensor(red * 256 + green)
-
-
-def _no_tokens(captions: list[str]) -> torch.Tensor:
-    return torch.zeros(len(captions), 1, dtype=torch.long)
-
-
 def _stream(corrupt, seed: int = 0) -> ShardStream:
     config = DataConfig(train=[str(corrupt.folder)], batch_size=1, num_workers=0, shuffle_buffer=1)
-    return ShardStream(resolve_sources(config.train, [], False), _pixel_id, _no_tokens, config, seed=seed)
+    return ShardStream(resolve_sources(config.train, [], False), pixel_id, no_tokens, config, seed=seed)
 
 
 def test_each_failure_kind_is_skipped_and_counted_and_every_clean_sample_arrives(corrupt):

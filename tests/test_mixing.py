@@ -5,7 +5,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-import torch
 import webdataset as wds
 from PIL import Image
 
@@ -13,6 +12,7 @@ from mmpretrain.data.pipeline import DataConfig, ShardStream
 from mmpretrain.data.position import StreamStart
 from mmpretrain.data.sources import SourceConfig, StreamInfo, resolve_sources
 from mmpretrain.errors import ConfigError
+from tests.conftest import no_tokens, pixel_id
 
 
 def _write_ids(folder: Path, first_id: int, n_shards: int, per_shard: int) -> None:
@@ -28,15 +28,6 @@ def _write_ids(folder: Path, first_id: int, n_shards: int, per_shard: int) -> No
                 i += 1
 
 
-def _pixel_id(image) -> torch.Tensor:
-    red, green, _ = image.convert("RGB").getpixel((0, 0))
-    return torch.tensor(red * 256 + green)
-
-
-def _no_tokens(captions: list[str]) -> torch.Tensor:
-    return torch.zeros(len(captions), 1, dtype=torch.long)
-
-
 @pytest.fixture(scope="module")
 def two_sources(tmp_path_factory):
     root = tmp_path_factory.mktemp("mix")
@@ -48,7 +39,7 @@ def two_sources(tmp_path_factory):
 def _stream(sources, seed=0, **kwargs) -> ShardStream:
     config = DataConfig(sources=sources, batch_size=1, num_workers=0, shuffle_buffer=4, **kwargs)
     config.limits.min_side = 1
-    return ShardStream(resolve_sources([], sources, False), _pixel_id, _no_tokens, config, seed=seed)
+    return ShardStream(resolve_sources([], sources, False), pixel_id, no_tokens, config, seed=seed)
 
 
 def _ids(stream: ShardStream, n: int) -> list[int]:

@@ -6,7 +6,7 @@ import torch
 from mmpretrain.data.pipeline import DataConfig, assign_shards, build_train_loader, check_shard_count
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.models import ModelConfig, build_model
-from tests.conftest import write_colour_shards
+from tests.conftest import no_tokens, pixel_id, write_colour_shards
 
 
 @pytest.fixture(scope="module")
@@ -103,16 +103,6 @@ def test_resampled_readers_draw_with_replacement_deterministically(tmp_path, mic
     assert next(iter(loader))["image"].shape == (4, 3, 32, 32)
 
 
-def _pixel_id(image) -> torch.Tensor:
-    """The sample id written into the image (see the test below)."""
-    red, green, _ = image.getpixel((0, 0))
-    return torch.tensor(red * 256 + green)
-
-
-def _no_tokens(captions: list[str]) -> torch.Tensor:
-    return torch.zeros(len(captions), 1, dtype=torch.long)
-
-
 def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tmp_path):
     import io
     import json
@@ -138,7 +128,7 @@ def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tm
     config.limits.min_side = 1  # 2x2 images carry the ids
     seen: list[int] = []
     for rank in range(2):
-        stream = ShardStream(sources, _pixel_id, _no_tokens, config, seed=3, rank=rank, world_size=2)
+        stream = ShardStream(sources, pixel_id, no_tokens, config, seed=3, rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(stream, batch_size=1, num_workers=2, collate_fn=collate)
         for batch in itertools.islice(loader, 4 * total):  # long enough for every reader to pass its epoch 0
             if batch["_meta"][0].position.sources[0][0] == 0:  # the sample's (pass, next index) in its source

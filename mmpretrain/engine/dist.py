@@ -92,6 +92,16 @@ def init_distributed(info: ProcessInfo, require_group: bool = False, timeout_min
                             timeout=timedelta(minutes=timeout_minutes))
 
 
+def multi_process() -> bool:
+    """True inside a process group of more than one rank: collectives are needed (and must be called by all)."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective: NCCL reduces only GPU tensors, gloo takes CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

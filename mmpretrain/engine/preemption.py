@@ -11,6 +11,8 @@ from typing import Callable, Optional, Union
 import torch
 import torch.distributed as dist
 
+from mmpretrain.engine.dist import collective_device, multi_process
+
 log = logging.getLogger(__name__)
 
 REQUEUE_EXIT_CODE = 124
@@ -49,10 +51,8 @@ class PreemptionWatch:
         Distributed, this is a one-element all-reduce per step: a (cheap) sync point.
         """
         flag = self.signal_name is not None
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            backend = dist.get_backend()
-            device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-            tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+        if multi_process():
+            tensor = torch.tensor([1.0 if flag else 0.0], device=collective_device())
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             flag = bool(tensor.item())
             if flag and self.signal_name is None:

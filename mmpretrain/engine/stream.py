@@ -17,10 +17,7 @@ import torch.distributed as dist
 from mmpretrain.data.pipeline import DataConfig
 from mmpretrain.data.position import StreamPositions
 from mmpretrain.data.quality import SkipBudget, SkipLedger, skip_metrics, too_many_skips
-
-
-def _distributed() -> bool:
-    return dist.is_initialized() and dist.get_world_size() > 1
+from mmpretrain.engine.dist import collective_device, multi_process
 
 
 class TrainStream:
@@ -52,10 +49,8 @@ class TrainStream:
         which `stop_if_over_budget` acts on once the counts are logged. A collective: every rank calls it at the
         same step."""
         counts = torch.tensor(self.ledger.counts(), dtype=torch.float64)
-        if _distributed():
-            # NCCL reduces only tensors on the GPU; gloo takes them where they are.
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-            counts = counts.to(device) if device is not None else counts
+        if multi_process():
+            counts = counts.to(collective_device())
             dist.all_reduce(counts)
         global_counts = [int(c) for c in counts.tolist()]
         fraction = self.budget.fraction(global_counts)
@@ -75,7 +70,7 @@ class TrainStream:
     def _worst_everywhere(self) -> tuple[list[tuple[str, int]], dict[str, str]]:
         local = (self.ledger.worst_shards(), dict(self.ledger.last_detail))
         gathered = [local]
-        if _distributed():
+        if multi_process():
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, local)
         worst = sorted((pair for shards, _ in gathered for pair in shards), key=lambda p: -p[1])[:5]
@@ -85,7 +80,7 @@ class TrainStream:
     def state_for_checkpoint(self) -> list[dict[str, Any]]:
         """Every rank's position and ledger, in rank order (a collective: every rank calls it at the same step)."""
         state = {"position": self.positions.state_dict(), "skips": self.ledger.state_dict()}
-        if not _distributed():
+        if not multi_process():
             return [state]
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, state)
