@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain.data.augment import check_augment
-from mmpretrain.data.pipeline import DataConfig, check_data_config
+from mmpretrain.data.config import DataConfig, check_data_config
 from mmpretrain.data.reader import check_shard_spec
 from mmpretrain.engine.factory import EngineConfig, optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from mmpretrain.data.pipeline import DataConfig
+from mmpretrain.data.config import DataConfig
 from mmpretrain.data.position import StreamPositions
 from mmpretrain.data.quality import SkipBudget, SkipLedger, skip_metrics, too_many_skips
 from mmpretrain.engine.dist import collective_device, multi_process
