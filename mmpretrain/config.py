@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain.data.augment import check_augment
 from mmpretrain.data.config import DataConfig, check_data_config
-from mmpretrain.data.reader import check_shard_spec
+from mmpretrain.data.safe_tar import check_shard_spec
 from mmpretrain.engine.factory import EngineConfig, optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig

@@ -9,7 +9,7 @@ import pytest
 
 from mmpretrain.cli import main
 from mmpretrain.data.pipeline import DataConfig, ShardStream
-from mmpretrain.data.quality import SKIP_REASONS, SkipBudget
+from mmpretrain.data.skips import SKIP_REASONS, SkipBudget
 from mmpretrain.data.sources import assign_shards, resolve_sources
 from mmpretrain.engine.metrics import read_metrics
 from tests.conftest import micro_overrides, no_tokens, pixel_id
@@ -104,7 +104,7 @@ def test_skip_counts_survive_a_checkpoint(corrupt, tmp_path):
 
 
 def test_a_shard_that_vanished_is_counted_as_unreadable(tmp_path):
-    from mmpretrain.data.reader import ShardFailure, read_shard
+    from mmpretrain.data.safe_tar import ShardFailure, read_shard
 
     (failure,) = list(read_shard(str(tmp_path / "gone.tar"), members={"png", "txt"}, expected=7))
     assert isinstance(failure, ShardFailure) and failure.reason == "shard_unreadable" and failure.lost == 7
@@ -118,8 +118,8 @@ def test_big_members_are_never_read_into_memory(tmp_path):
     import tarfile
     import tracemalloc
 
-    from mmpretrain.data.quality import SampleLimits
-    from mmpretrain.data.reader import read_shard
+    from mmpretrain.data.skips import SampleLimits
+    from mmpretrain.data.safe_tar import read_shard
     from mmpretrain.data.stages import decode_sample
 
     shard = tmp_path / "big.tar"

@@ -12,7 +12,7 @@ import webdataset as wds
 
 from mmpretrain.cli import main
 from mmpretrain.data.pipeline import DataConfig, build_train_loader
-from mmpretrain.data.reader import read_shard
+from mmpretrain.data.safe_tar import read_shard
 from mmpretrain.data.sources import SourceConfig
 from mmpretrain.errors import ConfigError
 from mmpretrain.eval.datasets import load_retrieval

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmpretrain.data.augment import AugmentConfig
-from mmpretrain.data.quality import SampleLimits
+from mmpretrain.data.skips import SampleLimits
 from mmpretrain.data.sources import SourceConfig
 from mmpretrain.data.stages import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 from mmpretrain.errors import ConfigError

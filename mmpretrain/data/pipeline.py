@@ -3,7 +3,7 @@
 The stream is endless. Each rank and each DataLoader worker (a reader) reads its own disjoint slice of every
 source's (seeded, per-epoch shuffled) shard list, or draws shards with replacement when resampled. A reader
 picks the source of each sample by weight, then takes that source's next good sample: bad samples and broken
-shards on the way are skipped and travel, counted, with the sample that follows them (see data/quality.py).
+shards on the way are skipped and travel, counted, with the sample that follows them (see data/skips.py).
 Nothing depends on a global `args`.
 """
 
@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from mmpretrain.data.config import DataConfig, check_data_config, declared_members
 from mmpretrain.data.position import ReaderPosition, SampleMeta, StreamStart, sample_seed
-from mmpretrain.data.quality import SampleSkipped, SkipEvent
-from mmpretrain.data.reader import ShardFailure, read_shards
+from mmpretrain.data.skips import SampleSkipped, SkipEvent
+from mmpretrain.data.safe_tar import ShardFailure, read_shards
 from mmpretrain.data.shards import RawSample
 from mmpretrain.data.sources import (Source, StreamInfo, assign_shards, check_shard_count,
                                      resolve_sources)

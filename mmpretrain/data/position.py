@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmpretrain.data.quality import SkipEvent
+from mmpretrain.data.skips import SkipEvent
 
 
 def sample_seed(seed: int, *parts: int) -> int:

@@ -69,7 +69,7 @@ def iter_samples(shards: Iterable[str], handler: Callable[[Exception], bool] = w
     """Yield raw samples from the given shards in order, using webdataset's tar reader and key grouping.
 
     Reading img2dataset output needs nothing special: it is the same `<key>.<ext>` layout. A shard is opened
-    as a file, never through webdataset's gopen (which runs `pipe:` names as shell commands; data/reader.py).
+    as a file, never through webdataset's gopen (which runs `pipe:` names as shell commands; data/safe_tar.py).
     """
     for shard in shards:
         with open(shard, "rb") as stream:

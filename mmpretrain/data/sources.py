@@ -14,7 +14,7 @@ from typing import Optional
 
 import braceexpand
 
-from mmpretrain.data.reader import check_shard_spec, is_url
+from mmpretrain.data.safe_tar import check_shard_spec, is_url
 from mmpretrain.data.shards import expand_shards, read_shard_sizes
 from mmpretrain.errors import ConfigError
 

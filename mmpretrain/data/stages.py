@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mmpretrain.data.quality import SampleLimits, SampleSkipped, check_image_size
+from mmpretrain.data.skips import SampleLimits, SampleSkipped, check_image_size
 from mmpretrain.data.shards import RawSample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from mmpretrain.data.config import DataConfig
 from mmpretrain.data.position import StreamPositions
-from mmpretrain.data.quality import SkipBudget, SkipLedger, skip_metrics, too_many_skips
+from mmpretrain.data.skips import SkipBudget, SkipLedger, skip_metrics, too_many_skips
 from mmpretrain.engine.dist import collective_device, multi_process
 
 

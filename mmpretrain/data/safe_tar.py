@@ -19,7 +19,7 @@ from typing import IO, Optional, Union
 import webdataset as wds
 from webdataset.tariterators import base_plus_ext, group_by_keys
 
-from mmpretrain.data.quality import SampleLimits
+from mmpretrain.data.skips import SampleLimits
 from mmpretrain.data.shards import RawSample
 from mmpretrain.errors import ConfigError
 
