@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from mmpretrain.data.shards import ShardWriter
-from mmpretrain.data.stages import IMAGE_EXTENSIONS
+from mmpretrain.data.decode import IMAGE_EXTENSIONS
 
 KEY_DIGITS = 9  # room for a billion samples, like img2dataset's keys
 

@@ -74,3 +74,35 @@ def pixel_id(image: Image.Image) -> torch.Tensor:
 def no_tokens(captions: list[str]) -> torch.Tensor:
     """A tokenizer for stream tests that do not look at text."""
     return torch.zeros(len(captions), 1, dtype=torch.long)
+
+
+def id_loader(config, seed: int = 0, rank: int = 0, world_size: int = 1):
+    """A TrainLoader whose batches carry sample ids (see `pixel_id`) as `image` and no text."""
+    from mmpretrain.data.loader import TrainLoader
+    from mmpretrain.data.stages import StageEnv
+
+    return TrainLoader(config, StageEnv(config, pixel_id, no_tokens), seed, rank, world_size)
+
+
+def batch_ids(loader, batches: int) -> list[int]:
+    """The sample ids of the next `batches` batches of an `id_loader`, in order."""
+    return [i for _ in range(batches) for i in loader.next_batch()["image"].view(-1).tolist()]
+
+
+def write_id_shards(folder: Path, first_id: int, counts: list[int], sizes: bool = True) -> int:
+    """Shards of 2x2 PNGs whose pixel encodes a sample id (first_id, first_id + 1, ...), `counts[i]` samples in
+    shard i; returns the next unused id. Use with `config.limits.min_side = 1`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    i, sizes_json = first_id, {}
+    for s, count in enumerate(counts):
+        name = f"shard-{s:06d}.tar"
+        with wds.TarWriter(str(folder / name)) as sink:
+            for _ in range(count):
+                png = io.BytesIO()
+                Image.new("RGB", (2, 2), (i // 256, i % 256, 0)).save(png, format="PNG")
+                sink.write({"__key__": f"{i:09d}", "png": png.getvalue(), "txt": "x"})
+                i += 1
+        sizes_json[name] = count
+    if sizes:
+        (folder / "sizes.json").write_text(json.dumps(sizes_json))
+    return i

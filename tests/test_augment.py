@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmpretrain.data.augment import AugmentConfig, build_train_transform, check_augment
-from mmpretrain.data.stages import open_image
+from mmpretrain.data.decode import open_image
 from mmpretrain.errors import ConfigError
 
 PREPROCESS = {"size": 64, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD,

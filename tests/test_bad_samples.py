@@ -120,7 +120,7 @@ def test_big_members_are_never_read_into_memory(tmp_path):
 
     from mmpretrain.data.skips import SampleLimits
     from mmpretrain.data.safe_tar import read_shard
-    from mmpretrain.data.stages import decode_sample
+    from mmpretrain.data.decode import decode_sample
 
     shard = tmp_path / "big.tar"
     small = io.BytesIO()

@@ -14,7 +14,7 @@ import pytest
 from mmpretrain.data.demo import (COLOURS, COLOUR_RGB, DIGIT_WORDS, SHAPES, ShapeObject, generate_demo_data,
                                   relation, render_scene, sample_scene)
 from mmpretrain.data.shards import expand_shards, iter_samples, read_sizes
-from mmpretrain.data.stages import Sample, decode_sample
+from mmpretrain.data.decode import Sample, decode_sample
 
 EXPECTED_COUNTS = {"digits_train": 1437, "digits_val": 360, "shapes_train": 6000, "shapes_val": 500,
                    "shapes_single_val": 480}

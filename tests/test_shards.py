@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from mmpretrain.data.shards import SIZES_FILE, ShardWriter, expand_shards, iter_samples, read_sizes
-from mmpretrain.data.stages import decode_sample
+from mmpretrain.data.decode import decode_sample
 
 
 def _image_bytes(index: int, fmt: str) -> bytes:

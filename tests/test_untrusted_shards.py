@@ -74,7 +74,7 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path):
 def test_undeclared_members_never_leave_the_reader(tmp_path):
     shard = _planted_shard(tmp_path / "planted", tmp_path / "marker")
     samples = [s for s in read_shard(str(shard), members={"png", "txt"})]
-    assert len(samples) == 8 and all(set(s) == {"__key__", "__url__", "png", "txt"} for s in samples)
+    assert len(samples) == 8 and all(set(s) == {"__key__", "__url__", "__offset__", "png", "txt"} for s in samples)
 
 
 @pytest.mark.parametrize("spec", ["pipe:touch {marker}; cat {shard}", "https://example.com/shard-{{000..009}}.tar",
@@ -99,7 +99,7 @@ def test_pipe_urls_run_when_explicitly_allowed(colour_shards, tmp_path):
 
 
 def test_eval_and_train_decoders_take_only_images_text_and_json(tmp_path):
-    from mmpretrain.data.stages import decode_sample
+    from mmpretrain.data.decode import decode_sample
 
     payload = pickle.dumps(_TouchOnUnpickle(tmp_path / "marker"))
     raw = {"__key__": "k", "png": _png_bytes(), "txt": b"a caption", "pyd": payload, "pth": payload}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_tools.write_shards import iter_folder_pairs, iter_manifest_rows, main
 from mmpretrain.data.shards import SIZES_FILE, expand_shards, iter_samples
-from mmpretrain.data.stages import decode_sample
+from mmpretrain.data.decode import decode_sample
 
 
 def _save_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:

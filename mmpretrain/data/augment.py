@@ -29,7 +29,7 @@ from torch import nn
 from torchvision.transforms import Compose, Normalize, RandomResizedCrop
 from torchvision.transforms.functional import pil_modes_mapping
 
-from mmpretrain.data.stages import load_rgb
+from mmpretrain.data.decode import load_rgb
 from mmpretrain.errors import ConfigError
 
 
@@ -79,7 +79,7 @@ def _to_uint8_tensor(image: Image.Image) -> torch.Tensor:
 class CropFirstTransform:
     """open_clip's train Compose, with its RandomResizedCrop done on the undecoded image (see module doc)."""
 
-    decodes_lazily = True  # takes an opened, not yet decoded PIL image (stages.to_model_inputs)
+    decodes_lazily = True  # takes an opened, not yet decoded PIL image (data/stages.py: image_pixels)
 
     def __init__(self, transform: Compose, reduced_jpeg_decode: bool = True, uint8_transfer: bool = False) -> None:
         self.transform = transform

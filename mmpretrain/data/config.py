@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from mmpretrain.data.augment import AugmentConfig
 from mmpretrain.data.skips import SampleLimits
 from mmpretrain.data.sources import SourceConfig
-from mmpretrain.data.stages import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
+from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
 from mmpretrain.errors import ConfigError
 
 
@@ -29,6 +29,8 @@ class DataConfig:
     max_skip_fraction: float = 0.05                  # stop when more of a window of samples was skipped
     skip_window: int = 10_000                        # samples (all ranks) the skipped fraction is judged over
     allow_shell_urls: bool = False                   # let webdataset open pipe:/http:/s3: specs (runs commands)
+    stages: list[str] = field(default_factory=list)  # per-sample stages by registered name (data/stages.py);
+    #                                                  empty: the image-text default (+ negatives when asked)
 
 
 def declared_members(config: DataConfig) -> frozenset[str]:

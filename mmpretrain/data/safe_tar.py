@@ -10,6 +10,7 @@ instead of an exception, so the samples it did hold are used and the loss is cou
 
 from __future__ import annotations
 
+import collections
 import re
 import tarfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -67,8 +68,17 @@ def _open(shard: str, allow_shell_urls: bool):
     return open(shard, "rb")
 
 
-def _tar_members(stream: IO[bytes], shard: str, members: Collection[str], max_bytes: int) -> Iterator[dict]:
-    """The regular files of a tar stream as webdataset's grouping takes them (`fname`, `data`, `__url__`).
+def _is_compressed(stream: IO[bytes]) -> bool:
+    """gzip, bzip2 or xz magic at the start: such a tar cannot be entered at a byte offset."""
+    head = stream.read(6)
+    stream.seek(0)
+    return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head == b"\xfd7zXZ\x00"
+
+
+def _tar_members(stream: IO[bytes], shard: str, members: Collection[str], max_bytes: int, base: int = 0
+                 ) -> Iterator[dict]:
+    """The regular files of a tar stream as webdataset's grouping takes them (`fname`, `data`, `__url__`), each
+    with `offset`: where its header starts in the (uncompressed) tar, `base` being where the stream was entered.
 
     The size in a member's header is checked before its data is read: undeclared members and declared ones over
     `max_bytes` are passed over in the stream (read in small blocks and dropped), so a shard cannot make a
@@ -86,20 +96,49 @@ def _tar_members(stream: IO[bytes], shard: str, members: Collection[str], max_by
             else:
                 file = tar.extractfile(info)
                 data = file.read() if file is not None else b""
-            yield {"fname": info.name, "data": data, "__url__": shard}
+            yield {"fname": info.name, "data": data, "__url__": shard, "offset": base + info.offset}
             tar.members = []  # tarfile keeps every header it has seen; a shard can hold millions
 
 
+def _with_offsets(files: Iterable[dict], starts: "collections.deque[int]") -> Iterator[dict]:
+    """Pass members on to webdataset's grouping, noting where each new sample (a change of key) starts.
+
+    The grouping yields exactly one sample per change of key, in order, so the i-th sample it yields started at
+    the i-th offset noted here.
+    """
+    key = None
+    for file in files:
+        prefix = base_plus_ext(file["fname"])[0]
+        if prefix is not None and prefix != key:
+            starts.append(file["offset"])
+            key = prefix
+        yield file
+
+
+def _open_at(shard: str, allow_shell_urls: bool, start: int) -> tuple[IO[bytes], int]:
+    """The shard opened at byte `start` when it can be entered there (an uncompressed local tar), else at 0.
+    Returns the stream and the offset it was entered at."""
+    stream = _open(shard, allow_shell_urls)
+    if start > 0 and not is_url(shard) and not _is_compressed(stream):
+        stream.seek(start)
+        return stream, start
+    return stream, 0
+
+
 def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = False,
-               expected: Optional[int] = None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
-               ) -> Iterator[Union[RawSample, ShardFailure]]:
+               expected: Optional[int] = None, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+               start: int = 0, delivered_before: int = 0) -> Iterator[Union[RawSample, ShardFailure]]:
     """The samples of one shard, holding only `members` (extensions), then a ShardFailure if it broke.
 
-    Member grouping is webdataset's (`<key>.<ext>`, consecutive members with one key form a sample). A declared
-    member over `max_member_bytes` is replaced by `__oversized__` (a counted skip later). `expected` (from
-    sizes.json) says how many samples a broken shard lost; unknown, a failure counts as one.
+    Member grouping is webdataset's (`<key>.<ext>`, consecutive members with one key form a sample). Each sample
+    carries `__offset__`, the byte offset of its first member's header, so a reader can come back to it (`start`:
+    begin with the sample at that offset; a compressed tar is read from its beginning and the samples before
+    `start` are dropped unread by any decoder). A declared member over `max_member_bytes` is replaced by
+    `__oversized__` (a counted skip later). `expected` (from sizes.json) says how many samples a broken shard
+    lost, `delivered_before` how many of them an earlier reading already delivered; unknown, a failure counts
+    as one.
     """
-    delivered, files_read, failure = 0, 0, None
+    delivered, files_read, failure = delivered_before, 0, None
 
     def until_failure(files: Iterable[dict]) -> Iterator[dict]:
         # Ends the member stream at the first error, so webdataset's grouping still hands over the sample it
@@ -113,16 +152,22 @@ def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = Fa
             failure = e
 
     try:
-        stream = _open(shard, allow_shell_urls)
+        stream, base = _open_at(shard, allow_shell_urls, start)
     except OSError as e:
-        yield ShardFailure(shard, "shard_unreadable", f"{type(e).__name__}: {e}", max(expected or 1, 1))
+        yield ShardFailure(shard, "shard_unreadable", f"{type(e).__name__}: {e}",
+                           max((expected or 1) - delivered_before, 1))
         return
+    starts: collections.deque[int] = collections.deque()
     try:
-        files = _tar_members(stream, shard, members, max_member_bytes)
-        for sample in group_by_keys(until_failure(files), handler=wds.reraise_exception):
+        files = _tar_members(stream, shard, members, max_member_bytes, base)
+        for sample in group_by_keys(until_failure(_with_offsets(files, starts)), handler=wds.reraise_exception):
+            offset = starts.popleft()
+            if offset < start:
+                continue  # a compressed tar read from its start, up to the sample asked for
             delivered += 1
             # Only the declared members are kept: the rest never reach a decoder or the shuffle buffer.
             kept = {k: v for k, v in sample.items() if k in members or k in ("__key__", "__url__")}
+            kept["__offset__"] = offset
             oversized = {k: v.size for k, v in kept.items() if isinstance(v, Oversized)}
             if oversized:
                 kept = {k: v for k, v in kept.items() if k not in oversized}
@@ -133,7 +178,7 @@ def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = Fa
     finally:
         stream.close()
     if failure is not None:
-        reason = "shard_unreadable" if files_read == 0 else "shard_truncated"
+        reason = "shard_unreadable" if files_read == 0 and start == 0 else "shard_truncated"
         detail = f"{type(failure).__name__}: {failure.args[0] if failure.args else failure}"
         yield ShardFailure(shard, reason, detail, max((expected or 0) - delivered, 1))
 
@@ -143,3 +188,17 @@ def read_shards(shards: Iterable[str], members: Collection[str], allow_shell_url
                 ) -> Iterator[Union[RawSample, ShardFailure]]:
     for shard in shards:
         yield from read_shard(shard, members, allow_shell_urls, (sizes or {}).get(shard), max_member_bytes)
+
+
+def read_samples_at(shard: str, offsets: Iterable[int], members: Collection[str], allow_shell_urls: bool = False,
+                    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> dict[int, Union[RawSample, ShardFailure]]:
+    """The samples of `shard` that start at `offsets` (from `__offset__`), each read by entering the tar there:
+    a resumed reader refills its shuffle buffer this way instead of re-reading its pass."""
+    found: dict[int, Union[RawSample, ShardFailure]] = {}
+    for offset in sorted(set(offsets)):
+        first = next(read_shard(shard, members, allow_shell_urls, None, max_member_bytes, start=offset), None)
+        if first is None or (not isinstance(first, ShardFailure) and first["__offset__"] != offset):
+            first = ShardFailure(shard, "shard_truncated", f"no sample starts at byte {offset} any more "
+                                 "(the shard changed since the checkpoint)", 1)
+        found[offset] = first
+    return found

@@ -108,6 +108,16 @@ class SkipLedger:
         return cls(int(state["delivered"]), collections.Counter(state["by_reason"]),
                    collections.Counter(state["by_shard"]))
 
+    @classmethod
+    def merged(cls, states: Iterable[Optional[Mapping[str, Any]]]) -> "SkipLedger":
+        """One ledger holding the counts of several (the ranks of a run resumed on fewer or more)."""
+        total = cls()
+        for ledger in map(cls.from_state_dict, states):
+            total.delivered += ledger.delivered
+            total.by_reason.update(ledger.by_reason)
+            total.by_shard.update(ledger.by_shard)
+        return total
+
 
 def skip_metrics(global_counts: Sequence[int]) -> dict[str, float]:
     """The metrics-log entries for summed ledger counts: every reason seen so far, and the total."""

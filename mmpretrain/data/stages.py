@@ -1,174 +1,168 @@
-"""Small, pure data stages: raw shard sample -> decoded sample -> model inputs.
+"""Per-sample stages: raw shard sample -> decoded members -> model inputs, as a registered, ordered list.
 
-Only the declared members of a sample are ever decoded, and only as images (PIL), UTF-8 text or JSON: nothing
-from a shard is unpickled or executed, whatever extensions it carries.
+A stage is `stage(sample, context) -> sample` over a plain dict: it starts as the raw sample (one bytes value
+per declared member, plus `__key__`, `__url__`, `__offset__`), stages add decoded values (`image`, `captions`,
+`negatives`, ...) and finally model inputs, and whatever is a tensor at the end goes into the batch. A stage
+that finds the sample unusable raises `SampleSkipped` with a reason (a counted skip, data/skips.py).
+
+Stages are registered by name with a builder that receives the `StageEnv` (config, image transform, tokenizer),
+and `data.stages` in the config names the list (empty: `default_stage_names`). A new modality is a decode stage
+and a to-tensor stage registered here (and its member extensions declared in `declared_members`); a new
+per-sample transform is one more name in the list. The order of the default list is the order of the checks
+and of the random draws, which the determinism of the stream depends on: captions are drawn, then the image is
+augmented, then negatives are drawn, all from the sample's own seed.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import random
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
 
-from mmpretrain.data.skips import SampleLimits, SampleSkipped, check_image_size
-from mmpretrain.data.shards import RawSample
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-TEXT_EXTENSIONS = ("txt",)
+from mmpretrain.data.config import DataConfig
+from mmpretrain.data.decode import (IMAGE_EXTENSIONS, TEXT_EXTENSIONS, choose, decode_captions,
+                                    decode_negatives, load_rgb, open_image)
+from mmpretrain.data.skips import SampleSkipped
+from mmpretrain.errors import ConfigError
+from mmpretrain.models.towers import ImageTransform, Tokenizer
 
 
 @dataclass
-class Sample:
-    """A decoded pair: the image, its caption(s) and the sample's JSON metadata."""
+class SampleContext:
+    """What a stage knows of the sample beyond its members: its seed and a generator seeded by it, so a
+    sample comes out the same whatever was read before it."""
 
-    key: str
-    image: Image.Image
-    captions: list[str]
-    meta: dict[str, Any]
-    negatives: list[str] = field(default_factory=list)  # hard-negative captions from <key>.neg.json
+    seed: int
+    rng: random.Random
 
 
-def _first_member(raw: RawSample, extensions: tuple[str, ...]) -> bytes | None:
-    for ext in extensions:
-        value = raw.get(ext)
-        if value is not None:
-            return value
-    return None
+@dataclass(frozen=True)
+class StageEnv:
+    """What stage builders may use."""
+
+    data: DataConfig
+    image_transform: ImageTransform
+    tokenizer: Tokenizer
 
 
-def open_image(data: bytes | None, limits: SampleLimits | None = None) -> Image.Image:
-    """Open image bytes and check the header's size against `limits`; pixels are decoded later (`load_rgb`).
-
-    Any exception from PIL on these untrusted bytes (it raises OSError, SyntaxError, ValueError, struct.error,
-    and more) means the image is unreadable: a counted skip, whatever its type.
-    """
-    if data is None:
-        raise SampleSkipped("image_missing", f"no {'/'.join(IMAGE_EXTENSIONS)} member")
-    if not data:
-        raise SampleSkipped("image_unreadable", "zero bytes")
-    try:
-        with warnings.catch_warnings():  # our own pixel limit decides, below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise SampleSkipped("image_too_large", str(e)) from None
-    except Exception as e:
-        raise SampleSkipped("image_unreadable", f"{type(e).__name__}: {e}") from None
-    if limits is not None:  # training skips by its limits; evaluation takes every image it can read
-        check_image_size(*image.size, limits)
-    return image
+Sample = dict[str, Any]
+Stage = Callable[[Sample, SampleContext], Sample]
+_REGISTRY: dict[str, Callable[[StageEnv], Stage]] = {}
 
 
-def load_rgb(image: Image.Image) -> Image.Image:
-    """Decode the pixels (truncated data fails here) as RGB."""
-    try:
-        image.load()
-        return image.convert("RGB")
-    except Exception as e:  # see open_image
-        raise SampleSkipped("image_unreadable", f"{type(e).__name__}: {e}") from None
+def register_stage(name: str) -> Callable[[Callable[[StageEnv], Stage]], Callable[[StageEnv], Stage]]:
+    """Register a stage builder under `name` (the name `data.stages` uses)."""
+    def add(builder: Callable[[StageEnv], Stage]) -> Callable[[StageEnv], Stage]:
+        if name in _REGISTRY:
+            raise ValueError(f"a data stage named {name!r} is already registered")
+        _REGISTRY[name] = builder
+        return builder
+    return add
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes to an RGB PIL image (fully loaded, so truncation errors surface here)."""
-    return load_rgb(open_image(data))
+def registered_stages() -> list[str]:
+    return sorted(_REGISTRY)
 
 
-def decode_captions(data: bytes | None) -> list[str]:
-    """A .txt member holds one caption, or several separated by newlines (for caption sampling)."""
-    if data is None:
-        raise SampleSkipped("caption_missing", "no .txt member")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SampleSkipped("caption_not_utf8", str(e)) from None
-    captions = [c for c in (line.strip() for line in text.splitlines()) if c]
-    if not captions:
-        raise SampleSkipped("caption_empty", "the .txt member holds no text")
-    return captions
+def default_stage_names(config: DataConfig) -> list[str]:
+    """The image-text pipeline, with hard negatives when the config asks for them."""
+    negatives = config.negatives_per_sample > 0
+    return ["member_sizes", "image_header", "captions", *(["negatives"] if negatives else []),
+            "caption_tokens", "image_pixels", *(["negative_tokens"] if negatives else [])]
 
 
-def decode_negatives(data: bytes, key: str) -> list[str]:
-    """A .neg.json member is a JSON list of hard-negative captions (strings); empty strings are dropped."""
-    try:
-        negatives = json.loads(data.decode("utf-8"))
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise SampleSkipped("negatives_invalid", f"sample {key!r}: .neg.json: {e}") from None
-    if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
-        raise SampleSkipped("negatives_invalid", f"sample {key!r}: .neg.json must be a JSON list of strings")
-    return [n.strip() for n in negatives if n.strip()]
+def build_stages(env: StageEnv) -> list[Stage]:
+    names = list(env.data.stages) or default_stage_names(env.data)
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise ConfigError(f"data.stages: unknown stage(s) {unknown}; registered: {registered_stages()}")
+    return [_REGISTRY[name](env) for name in names]
 
 
-def decode_sample(raw: RawSample, limits: SampleLimits | None = None, load: bool = True) -> Sample:
-    """Decode the members of a raw sample; raise SampleSkipped (a ValueError) naming the reason when one is bad.
-
-    With `load=False` the image is only opened and checked: the training transform decodes it, possibly at a
-    reduced JPEG scale (see data/augment.py). Members a sample lacks are simply absent from the result.
-    """
-    key = raw.get("__key__", "?")
-    if raw.get("__oversized__"):
-        raise SampleSkipped("member_too_large", raw["__oversized__"])
-    image = open_image(_first_member(raw, IMAGE_EXTENSIONS), limits)
-    captions = decode_captions(_first_member(raw, TEXT_EXTENSIONS))
-    meta = json.loads(raw["json"].decode("utf-8")) if raw.get("json") is not None else {}
-    negatives = decode_negatives(raw["neg.json"], key) if raw.get("neg.json") is not None else []
-    return Sample(key=key, image=load_rgb(image) if load else image, captions=captions, meta=meta,
-                  negatives=negatives)
+def run_stages(stages: Sequence[Stage], sample: Sample, context: SampleContext) -> dict[str, torch.Tensor]:
+    """The sample through every stage; its tensors are the model inputs."""
+    for stage in stages:
+        sample = stage(sample, context)
+    return {k: v for k, v in sample.items() if isinstance(v, torch.Tensor)}
 
 
-def choose(options: list[str], count: int, rng: random.Random) -> list[str]:
-    """`count` of `options`: distinct while there are enough, then drawn again (so batches keep one shape)."""
-    if count <= len(options):
-        return rng.sample(options, count)
-    return options + rng.choices(options, k=count - len(options))
+def _first_member(sample: Sample, extensions: Sequence[str]) -> Any:
+    return next((sample[ext] for ext in extensions if sample.get(ext) is not None), None)
 
 
-def shuffle(samples: Iterator[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
-    """Reservoir-style shuffle buffer: yields items in a seeded random order, holding at most `buffer_size`."""
-    if buffer_size <= 1:
-        yield from samples
-        return
-    buffer: list[Any] = []
-    for item in samples:
-        if len(buffer) < buffer_size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(buffer_size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
+@register_stage("member_sizes")
+def _member_sizes(env: StageEnv) -> Stage:
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        if sample.get("__oversized__"):  # the reader left the member's bytes unread (data/safe_tar.py)
+            raise SampleSkipped("member_too_large", sample["__oversized__"])
+        return sample
+    return stage
 
 
-def to_model_inputs(sample: Sample, image_transform: Callable[[Image.Image], torch.Tensor],
-                    tokenize: Callable[[list[str]], torch.Tensor], seed: int, positives: int = 1,
-                    negatives: int = 0) -> dict[str, torch.Tensor]:
-    """Turn a decoded sample into the tensors the towers consume.
+@register_stage("image_header")
+def _image_header(env: StageEnv) -> Stage:
+    """Open the image and check its header size; pixels are decoded by `image_pixels`."""
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        return {**sample, "image": open_image(_first_member(sample, IMAGE_EXTENSIONS), env.data.limits)}
+    return stage
 
-    `text` is one sampled caption [ctx], or `positives` > 1 of them [P, ctx] for the multi-positive loss;
-    `negatives` > 0 adds `negative_text` [k, ctx] drawn from the sample's hard negatives. Caption choice and
-    augmentation are seeded by `seed` alone, so a sample comes out the same whatever was read before it.
-    """
-    if negatives > 0 and not sample.negatives:
-        raise SampleSkipped("negatives_invalid", f"sample {sample.key!r} has no hard negatives (<key>.neg.json) "
-                            f"but data.negatives_per_sample={negatives}")
+
+@register_stage("captions")
+def _captions(env: StageEnv) -> Stage:
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        return {**sample, "captions": decode_captions(_first_member(sample, TEXT_EXTENSIONS))}
+    return stage
+
+
+@register_stage("negatives")
+def _negatives(env: StageEnv) -> Stage:
+    """Hard-negative captions from `<key>.neg.json`; required, since every batch row needs its k negatives."""
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        key = str(sample.get("__key__", "?"))
+        negatives = decode_negatives(sample["neg.json"], key) if sample.get("neg.json") is not None else []
+        if not negatives:
+            raise SampleSkipped("negatives_invalid", f"sample {key!r} has no hard negatives (<key>.neg.json) "
+                                f"but data.negatives_per_sample={env.data.negatives_per_sample}")
+        return {**sample, "negatives": negatives}
+    return stage
+
+
+@register_stage("caption_tokens")
+def _caption_tokens(env: StageEnv) -> Stage:
+    """`text`: one drawn caption [ctx], or `positives_per_sample` > 1 of them [P, ctx] (multi-positive loss)."""
+    positives = env.data.positives_per_sample
+
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        tokens = env.tokenizer(choose(sample["captions"], positives, context.rng))
+        return {**sample, "text": tokens[0] if positives == 1 else tokens}
+    return stage
+
+
+@register_stage("image_pixels")
+def _image_pixels(env: StageEnv) -> Stage:
+    """The training transform, seeded by the sample alone."""
+    transform = env.image_transform
     # A transform that decodes for itself (data/augment.py) gets the image unopened; any other gets its pixels
     # decoded here, so an unreadable image is still a counted skip rather than an error inside the transform.
-    image = sample.image if getattr(image_transform, "decodes_lazily", False) else load_rgb(sample.image)
-    rng = random.Random(seed)
-    captions = tokenize(choose(sample.captions, positives, rng))
-    with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
-        # The CPU generator only: torch.manual_seed also seeds every accelerator backend, which in a worker costs
-        # ~1 ms per sample (each uninitialised backend records a stack trace), a sixth of the sample's time.
-        torch.default_generator.manual_seed(seed)
-        image = image_transform(image)
-    inputs = {"image": image, "text": captions[0] if positives == 1 else captions}
-    if negatives > 0:
-        inputs["negative_text"] = tokenize(choose(sample.negatives, negatives, rng))
-    return inputs
+    lazy = getattr(transform, "decodes_lazily", False)
+
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        image = sample["image"] if lazy else load_rgb(sample["image"])
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
+            # The CPU generator only: torch.manual_seed also seeds every accelerator backend, which in a worker
+            # costs ~1 ms per sample (each uninitialised backend records a stack trace).
+            torch.default_generator.manual_seed(context.seed)
+            return {**sample, "image": transform(image)}
+    return stage
+
+
+@register_stage("negative_tokens")
+def _negative_tokens(env: StageEnv) -> Stage:
+    """`negative_text` [k, ctx]: k hard negatives drawn from the sample's own (after its captions were drawn)."""
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        drawn = choose(sample["negatives"], env.data.negatives_per_sample, context.rng)
+        return {**sample, "negative_text": env.tokenizer(drawn)}
+    return stage

@@ -3,32 +3,25 @@
 The only module that imports deepspeed. It has the LocalEngine's methods, so the training loop is the same for
 one process and for N. Checkpoints are DeepSpeed's own (sharded optimizer state, exact resume) in
 `checkpoints/step-XXXXXXXXX/`, plus a consolidated `checkpoints/step-XXXXXXXXX.pt` with the full model for
-evaluation and export, written by rank 0.
+evaluation and export, written by rank 0 (engine/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
-import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 import deepspeed
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from mmpretrain.engine.checkpoint import save_checkpoint
-from mmpretrain.engine.local import EngineReadouts
-from mmpretrain.engine.objective import ContrastiveObjective, concat_features, split_grads
+from mmpretrain.engine.base import EngineBase
+from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
 from mmpretrain.paths import configs_dir
-
-_TAG = re.compile(r"^step-(\d{9})$")
-
 
 def load_deepspeed_config(name_or_path: str) -> dict[str, Any]:
     """A DeepSpeed JSON by path or by name under configs/deepspeed/ (`zero2`)."""
@@ -87,13 +80,15 @@ def deepspeed_adamw(groups: list[dict], lr: float, betas: tuple[float, float], e
     return FusedAdam(groups, lr=lr, betas=betas, eps=eps, adam_w_mode=True)
 
 
-def _tags(directory: Path) -> list[tuple[int, Path]]:
-    if not directory.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in directory.iterdir() if p.is_dir() and (m := _TAG.match(p.name)))
+class DeepSpeedEngine(EngineBase):
+    """DeepSpeed's engine under the shared step algorithm (engine/base.py).
 
+    With k > 1 micro-batches DeepSpeed sees k + 1 backward passes per step (the loss on cached features, then one
+    per micro-batch), so its gradient_accumulation_steps is k + 1 and nothing is rescaled: the passes add up to
+    exactly the whole batch's gradient. Each backward is followed by `engine.step()`, which only accumulates until
+    the last pass of the step, the boundary, where it reduces, clips and steps the optimizer and the schedule.
+    """
 
-class DeepSpeedEngine(EngineReadouts):
     def __init__(self, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, ds_config: dict[str, Any]) -> None:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -105,30 +100,15 @@ class DeepSpeedEngine(EngineReadouts):
         # ZeRO-3's module hooks may all-gather in any forward, so every rank must run every forward together.
         self.collective_forward = self.stage == 3
 
-    def train_step(self, batches: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step on the micro-batches, contrasted as one batch (see LocalEngine._grad_cache).
+    def _forward(self, batch: Any, **kwargs: Any) -> Any:
+        return self.engine(batch, **kwargs)
 
-        With k > 1 micro-batches DeepSpeed sees k + 1 backward passes per step (the loss on cached features,
-        then one per micro-batch), so its gradient_accumulation_steps is k + 1 and nothing is rescaled:
-        the passes add up to exactly the whole batch's gradient.
-        """
-        self.engine.train()
-        batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
-        if len(batches) == 1:
-            loss = self.engine(batches[0])
-            self.engine.backward(loss)
-            self.engine.step()  # clips, steps the optimizer and the lr schedule
-            return loss.detach()
-        with torch.no_grad():
-            parts = [self.engine(batch, mode="features") for batch in batches]
-        features = concat_features(parts)
-        loss = self.engine(features, mode="loss_from_features")
+    def _backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)
-        self.engine.step()  # not a boundary yet: DeepSpeed only accumulates
-        for batch, grads in zip(batches, split_grads(features, parts)):
-            self.engine.backward(self.engine(batch, mode="surrogate", feature_grads=grads), scale_wrt_gas=False)
-            self.engine.step()  # the last one is the boundary: reduce, clip, optimizer and schedule step
-        return loss.detach()
+        self.engine.step()
+
+    def _finish_step(self) -> None:
+        """Done by the boundary `engine.step()` of the last backward."""
 
     @contextlib.contextmanager
     def full_model(self) -> Iterator[nn.Module]:
@@ -140,33 +120,21 @@ class DeepSpeedEngine(EngineReadouts):
         with deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None):
             yield self.model
 
-    def save(self, directory: Path, step: int, extra: dict[str, Any], keep: int) -> None:
-        """Every rank writes its shard; rank 0 then writes the consolidated model and prunes old checkpoints."""
-        tag = f"step-{step:09d}"
-        # Every rank reads rank 0's client state on load, so it carries all ranks' data stream positions.
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state={"step": step, "data": extra.get("data")})
+    def state_dict(self) -> dict[str, Any]:
+        """The full model for the consolidated checkpoint (evaluation, export). A collective under ZeRO-3."""
         with self.full_model() as model:
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if dist.get_rank() == 0:
-            save_checkpoint(directory, step, {"model": state, "step": step, **extra}, keep)
-            for _, old in _tags(directory)[:-keep] if keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
+            return {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
-    def restore(self, directory: Path, resume: str) -> Optional[tuple[Path, int, Any]]:
-        """Load DeepSpeed's checkpoint (`latest` = newest tag); None when there is none yet."""
-        if resume == "latest":
-            tags = _tags(directory)
-            if not tags:
-                return None
-            path = tags[-1][1]
-        else:
-            path = Path(resume)
-            if path.suffix == ".pt":  # the consolidated file names its DeepSpeed directory
-                path = path.with_suffix("")
-            if not path.is_dir():
-                raise FileNotFoundError(f"DeepSpeed checkpoint directory {path} not found")
-        _, client_state = self.engine.load_checkpoint(str(path.parent), tag=path.name)
-        if client_state is None:
-            raise FileNotFoundError(f"could not load DeepSpeed checkpoint {path}")
-        return path, int(client_state["step"]), client_state.get("data")
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing: the model, optimizer and schedule come back from the shards (`load_shards`)."""
+
+    def save_shards(self, folder: Path) -> None:
+        """DeepSpeed's own checkpoint (every rank writes its partition of the optimizer state)."""
+        self.engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state={})
+
+    def load_shards(self, folder: Path) -> None:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"DeepSpeed checkpoint directory {folder} not found")
+        path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        if path is None:
+            raise FileNotFoundError(f"could not load DeepSpeed checkpoint {folder}")

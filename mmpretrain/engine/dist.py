@@ -112,3 +112,31 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def all_sum(values: list[int]) -> list[int]:
+    """Element-wise sum of a list of counts over all ranks (float64 on the collective's device: exact for
+    counts below 2^53). A collective: every rank calls it at the same point."""
+    if not multi_process():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    dist.all_reduce(tensor)
+    return [int(v) for v in tensor.tolist()]
+
+
+def all_gather(value: object) -> list:
+    """`value` from every rank, in rank order (pickled: small objects only). A collective."""
+    if not multi_process():
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def global_mean(value: torch.Tensor) -> float:
+    """The mean of a per-rank scalar over ranks (the global-batch loss). A sync point: only on log steps."""
+    if multi_process():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return float(value.item())

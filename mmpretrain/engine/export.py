@@ -26,7 +26,7 @@ import torch
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
 from mmpretrain.config import config_to_dict, load_config
-from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint
+from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint, model_state
 from mmpretrain.models.towers import register_project_configs
 
 CONFIG_NAME = "open_clip_config.json"
@@ -62,7 +62,7 @@ def export_open_clip(source: Path, out: Path, formats: tuple[str, ...] = ("safet
         # The reference is built from the very config file we ship (no weights in tmp yet), so the key check
         # below proves the exported pair loads under open_clip's strict load.
         reference = open_clip.create_model("local-dir:" + str(tmp)).state_dict()
-        state = to_open_clip_state_dict(checkpoint["model"], custom_text=_is_custom_text(model_cfg))
+        state = to_open_clip_state_dict(model_state(checkpoint), custom_text=_is_custom_text(model_cfg))
         _check_matches(state, reference, checkpoint_file)
         _write_weights(state, tmp, formats)
         _replace_dir(tmp, out)
@@ -107,7 +107,7 @@ def _resolve_checkpoint(source: Path) -> Path:
 
 def _model_section(checkpoint: Mapping[str, Any], checkpoint_file: Path) -> dict[str, Any]:
     """The run config's `model` section: saved in the checkpoint, else the run directory's config.yaml."""
-    if "model" not in checkpoint:
+    if "model" not in checkpoint and "engine" not in checkpoint:
         raise KeyError(f"{checkpoint_file}: not a training checkpoint (no 'model' state dict)")
     if "config" in checkpoint:
         return dict(checkpoint["config"]["model"])

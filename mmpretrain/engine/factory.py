@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from collections.abc import Callable
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 
+from mmpretrain.engine.base import Engine
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.engine.schedule import OptimConfig, build_torch_adamw, param_groups
@@ -55,23 +57,50 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, engine: EngineConfig, 
                            optim.eps, on_cpu)
 
 
-def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, precision: str,
-                 grad_clip: Optional[float], batch_size: int, world_size: int, accum_steps: int = 1
-                 ) -> Union[LocalEngine, "DeepSpeedEngine"]:  # noqa: F821
-    check_world_size(config, world_size)
-    if precision == "fp16":
-        if config.name == "local":
-            raise ConfigError("train.precision=fp16 (with loss scaling) runs under engine.name=deepspeed; the "
-                              "local engine offers fp32 and bf16")
-        if device.type != "cuda":
-            raise ConfigError("train.precision=fp16 needs a CUDA device (DeepSpeed refuses fp16 on CPU): use bf16 "
-                              "or fp32")
+@dataclass(frozen=True)
+class StepSettings:
+    """How a step runs, from the run config's train/data/optim sections and the process layout."""
+
+    device: torch.device
+    precision: str = "fp32"
+    grad_clip: Optional[float] = None
+    micro_batch_size: int = 1          # per rank
+    accum_steps: int = 1
+    world_size: int = 1
+
+
+def _check_precision(config: EngineConfig, step: StepSettings) -> None:
+    if step.precision != "fp16":
+        return
     if config.name == "local":
-        return LocalEngine(objective, optimizer, scheduler, device, precision, grad_clip)
+        raise ConfigError("train.precision=fp16 (with loss scaling) runs under engine.name=deepspeed; the "
+                          "local engine offers fp32 and bf16")
+    if step.device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device (DeepSpeed refuses fp16 on CPU): use bf16 "
+                          "or fp32")
+
+
+def _local(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, step: StepSettings) -> Engine:
+    return LocalEngine(objective, optimizer, scheduler, step.device, step.precision, step.grad_clip)
+
+
+def _deepspeed(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, step: StepSettings) -> Engine:
     from mmpretrain.engine.deepspeed import DeepSpeedEngine, build_deepspeed_config, load_deepspeed_config
 
-    ds_config = build_deepspeed_config(load_deepspeed_config(config.deepspeed_config), batch_size, precision,
-                                       grad_clip, config.offload_optimizer, accum_steps)
-    objective.to(device)
+    ds_config = build_deepspeed_config(load_deepspeed_config(config.deepspeed_config), step.micro_batch_size,
+                                       step.precision, step.grad_clip, config.offload_optimizer, step.accum_steps)
+    objective.to(step.device)
     return DeepSpeedEngine(objective, optimizer, scheduler, ds_config)
+
+
+# engine.name -> builder. A new engine implements engine/base.py's hooks and registers here.
+ENGINES: dict[str, Callable[..., Engine]] = {"local": _local, "deepspeed": _deepspeed}
+
+
+def build_engine(config: EngineConfig, objective: ContrastiveObjective, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, step: StepSettings) -> Engine:
+    check_world_size(config, step.world_size)
+    _check_precision(config, step)
+    return ENGINES[config.name](config, objective, optimizer, scheduler, step)

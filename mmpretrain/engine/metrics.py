@@ -71,6 +71,19 @@ class MetricsLog:
         self.close()
 
 
+class NoMetrics:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, step: int, **values: Any) -> None:
+        pass
+
+    def __enter__(self) -> "NoMetrics":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

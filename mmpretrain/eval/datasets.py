@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from mmpretrain.data.shards import RawSample, expand_shards, iter_samples
-from mmpretrain.data.stages import IMAGE_EXTENSIONS, decode_captions, decode_image, decode_sample
+from mmpretrain.data.decode import IMAGE_EXTENSIONS, decode_captions, decode_image, decode_sample
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from mmpretrain.config import RunConfig, config_to_dict
-from mmpretrain.engine.checkpoint import load_checkpoint, resolve_resume
+from mmpretrain.engine.checkpoint import load_checkpoint, model_state, resolve_resume
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import run_eval, write_results
@@ -29,7 +29,7 @@ def evaluate_checkpoint(config: RunConfig, run_dir: Optional[Path], checkpoint: 
         path = resolve_resume(directory, checkpoint or "latest")
         if path is None:
             raise FileNotFoundError(f"no checkpoint found in {directory}")
-        built.model.load_state_dict(load_checkpoint(path)["model"])
+        built.model.load_state_dict(model_state(load_checkpoint(path)))
         log.info("evaluating %s", path)
     else:
         log.info("evaluating %s as built (pretrained=%s)", config.model.name, config.model.pretrained)

@@ -1,0 +1,124 @@
+"""What every engine is: the Engine protocol the loop and the Checkpointer use, and the one step algorithm.
+
+An engine owns the objective (towers + loss), the optimizer and the schedule, and turns micro-batches into one
+optimizer step. The step algorithm lives here once, over four small hooks each engine fills in (`_forward`,
+`_backward`, `_finish_step`, `_zero_grad`); the engines differ only in how those are done (plain PyTorch with
+autocast, or DeepSpeed's engine calls).
+
+Several micro-batches are contrasted as ONE batch (GradCache, as open_clip's accum-freq does): features of
+every micro-batch without a graph; the loss over all of them and its gradient w.r.t. the features; then each
+micro-batch again with a graph, backpropagating its slice of that gradient. Memory is one micro-batch's
+activations; the gradient is the whole batch's. Every pass goes through the engine's module (the objective's
+forward modes), so an engine that shards parameters gathers them in each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from mmpretrain.engine.objective import ContrastiveObjective, concat_features, split_grads
+
+Batch = Mapping[str, torch.Tensor]
+
+
+class Engine(Protocol):
+    """What the training loop and the Checkpointer use of an engine."""
+
+    device: torch.device
+    collective_forward: bool  # True when a forward involves every rank (ZeRO-3): evaluation must run on all
+
+    def train_step(self, batches: Sequence[Batch]) -> torch.Tensor: ...
+
+    def full_model(self) -> contextlib.AbstractContextManager[nn.Module]: ...
+
+    @property
+    def lr(self) -> float: ...
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    def save_shards(self, folder: Path) -> None: ...
+
+    def load_shards(self, folder: Path) -> None: ...
+
+
+class EngineBase:
+    """The step algorithm and the readouts; subclasses provide the hooks and the state."""
+
+    objective: ContrastiveObjective
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    collective_forward = False
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+
+    def _forward(self, batch: Any, **kwargs: Any) -> Any:
+        """The objective's forward (any mode), as this engine runs it."""
+        raise NotImplementedError
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Accumulate `loss`'s gradient (each pass of a step adds to the same gradients, unscaled)."""
+        raise NotImplementedError
+
+    def _finish_step(self) -> None:
+        """Clip, step the optimizer and the schedule, after the last backward of a step."""
+        raise NotImplementedError
+
+    def _zero_grad(self) -> None:
+        """Clear gradients before a step (engines that clear them themselves do nothing)."""
+
+    # -- the algorithm -------------------------------------------------------------------------------------------
+
+    def train_step(self, batches: Sequence[Batch]) -> torch.Tensor:
+        """One optimizer step on the micro-batches `batches`, contrasted as ONE batch; returns the loss, still on
+        the device (reading it is a sync point)."""
+        self.objective.train()
+        batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
+        self._zero_grad()
+        if len(batches) == 1:
+            loss = self._forward(batches[0])
+            self._backward(loss)
+        else:
+            loss = self._grad_cache(batches)
+        self._finish_step()
+        return loss.detach()
+
+    def _grad_cache(self, batches: Sequence[Batch]) -> torch.Tensor:
+        with torch.no_grad():
+            parts = [self._forward(batch, mode="features") for batch in batches]
+        features = concat_features(parts)
+        loss = self._forward(features, mode="loss_from_features")
+        self._backward(loss)  # into the cached features, the logit scale and the bias
+        for batch, grads in zip(batches, split_grads(features, parts)):
+            self._backward(self._forward(batch, mode="surrogate", feature_grads=grads))
+        return loss
+
+    # -- readouts ------------------------------------------------------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def logit_scale(self) -> float:
+        """The temperature scale used in the last forward (read from there: under ZeRO-3 the parameter itself is
+        an empty partition outside forward)."""
+        return float(self.objective.last_logit_scale)
+
+    # -- state without shards (overridden by engines that keep per-rank state) -----------------------------------
+
+    def save_shards(self, folder: Path) -> None:
+        """Write per-rank state into `folder` (every rank calls it); nothing for an engine without any."""
+
+    def load_shards(self, folder: Path) -> None:
+        """Read what `save_shards` wrote."""

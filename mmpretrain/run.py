@@ -1,0 +1,98 @@
+"""The composition root: a run config and this process's place in the job -> every part of a training run.
+
+Nothing else builds parts for training, and the parts do not build each other: the loader gets the collectives
+it needs, the engine gets the objective, the Checkpointer gets the parts to save. A new stateful part (an EMA,
+a data-selection state) is built here and registered with the Checkpointer; the training loop does not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mmpretrain.config import RunConfig, config_to_dict, save_config
+from mmpretrain.data.augment import build_train_transform
+from mmpretrain.data.loader import TrainLoader
+from mmpretrain.data.stages import StageEnv
+from mmpretrain.engine.base import Engine
+from mmpretrain.engine.checkpoint import Checkpointer
+from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier
+from mmpretrain.engine.factory import StepSettings, build_engine, build_optimizer
+from mmpretrain.engine.local import resolve_device
+from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.engine.schedule import build_scheduler
+from mmpretrain.eval.harness import check_task_data
+from mmpretrain.losses import build_loss
+from mmpretrain.models import BuiltModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """Everything a training loop touches."""
+
+    config: RunConfig
+    process: ProcessInfo
+    run_dir: Path
+    model: BuiltModel
+    loader: TrainLoader
+    engine: Engine
+    checkpointer: Checkpointer
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.config.data.batch_size * self.config.train.accum_steps * self.process.world_size
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, process: ProcessInfo) -> Path:
+    """Create the run directory (rank 0); refuse to silently mix a new run into an old one (every rank)."""
+    run_dir = config.run_dir
+    if not overwrite and resume is None and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume latest to continue it, "
+                              "--overwrite to replace it, or choose another run_name")
+    barrier()  # every rank has checked before rank 0 changes anything
+    if process.is_main:
+        if overwrite and resume is None and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    barrier()
+    return run_dir
+
+
+def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = None,
+              overwrite: bool = False) -> Run:
+    """Build every part in dependency order and register the stateful ones (not yet restored)."""
+    check_task_data(config.eval)
+    run_dir = prepare_run_dir(config, resume, overwrite, process)
+    seed_everything(config.train.seed)
+    device = resolve_device(config.train.device, process.local_rank)
+    built = build_model(config.model)
+    train_transform = build_train_transform(built.preprocess, config.data.augment)
+    loader = TrainLoader(config.data, StageEnv(config.data, train_transform, built.tokenizer), config.train.seed,
+                         process.rank, process.world_size, all_sum=all_sum, all_gather=all_gather)
+    optimizer = build_optimizer(built.model, config.optim, config.engine, device)
+    scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
+    objective = ContrastiveObjective(built.model, build_loss(config.loss), train_transform.device_normalizer())
+    step = StepSettings(device, config.train.precision, config.optim.grad_clip, config.data.batch_size,
+                        config.train.accum_steps, process.world_size)
+    engine = build_engine(config.engine, objective, optimizer, scheduler, step)
+    checkpointer = Checkpointer(run_dir / "checkpoints", config.train.keep_checkpoints, process.is_main,
+                                gather=all_gather, barrier=barrier, metadata={"config": config_to_dict(config)})
+    checkpointer.register("engine", engine, sharded=True)
+    checkpointer.register("data", loader, per_rank=True)
+    return Run(config, process, run_dir, built, loader, engine, checkpointer)
