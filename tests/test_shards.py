@@ -12,7 +12,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from mmpretrain.data.shards import SIZES_FILE, ShardWriter, expand_shards, iter_samples, read_sizes
+from mmpretrain.data.shard_writer import ShardWriter
+from mmpretrain.data.shards import SIZES_FILE, expand_shards, iter_samples, read_sizes
 from mmpretrain.data.stages import decode_sample
 
 
