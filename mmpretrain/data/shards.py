@@ -1,4 +1,4 @@
-"""Where shards are and how many samples they hold; raw sample reading through webdataset's own tar reader.
+"""Where shards are and how many samples they hold. Reading them is data/safe_tar.py's; writing, shard_writer.py's.
 
 A shard set is named by a directory (every ``*.tar`` in it), a glob, or a brace pattern
 (``data/shard-{000000..000009}.tar``). Sample counts come from a ``sizes.json`` beside the shards, in
@@ -10,17 +10,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import braceexpand
-import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 SIZES_FILE = "sizes.json"
 
-# A raw sample as webdataset yields it: "__key__", "__url__", then one bytes value per file extension.
+# A raw sample as the tar reader yields it: "__key__", "__url__", then one bytes value per declared extension.
 RawSample = dict[str, Any]
 
 
@@ -62,16 +60,3 @@ def read_sizes(shards: Iterable[str]) -> int | None:
     """Total samples in `shards` from the sizes.json files beside them, or None if any count is unknown."""
     sizes = read_shard_sizes(shards)
     return None if sizes is None else sum(sizes.values())
-
-
-def iter_samples(shards: Iterable[str], handler: Callable[[Exception], bool] = wds.reraise_exception
-                 ) -> Iterator[RawSample]:
-    """Yield raw samples from the given shards in order, using webdataset's tar reader and key grouping.
-
-    Reading img2dataset output needs nothing special: it is the same `<key>.<ext>` layout. A shard is opened
-    as a file, never through webdataset's gopen (which runs `pipe:` names as shell commands; data/safe_tar.py).
-    """
-    for shard in shards:
-        with open(shard, "rb") as stream:
-            files = tar_file_expander([{"url": shard, "stream": stream}], handler=handler)
-            yield from group_by_keys(files, handler=handler)
