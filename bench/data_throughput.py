@@ -63,7 +63,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmpretrain.data.augment import AugmentConfig, build_train_transform  # noqa: E402
 from mmpretrain.data.pipeline import DataConfig, build_train_loader  # noqa: E402
-from mmpretrain.data.shards import ShardWriter, expand_shards  # noqa: E402
+from mmpretrain.data.shard_writer import ShardWriter  # noqa: E402
+from mmpretrain.data.shards import expand_shards  # noqa: E402
 
 DISTRIBUTIONS = ("web", "resized256", "resized512")
 PIPELINES = ("ours", "ours_full_decode", "open_clip")

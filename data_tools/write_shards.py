@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from mmpretrain.data.shards import ShardWriter
+from mmpretrain.data.shard_writer import ShardWriter
 from mmpretrain.data.decode import IMAGE_EXTENSIONS
 
 KEY_DIGITS = 9  # room for a billion samples, like img2dataset's keys

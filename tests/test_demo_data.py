@@ -13,8 +13,9 @@ import pytest
 
 from mmpretrain.data.demo import (COLOURS, COLOUR_RGB, DIGIT_WORDS, SHAPES, ShapeObject, generate_demo_data,
                                   relation, render_scene, sample_scene)
-from mmpretrain.data.shards import expand_shards, iter_samples, read_sizes
-from mmpretrain.data.decode import Sample, decode_sample
+from mmpretrain.data.safe_tar import ShardFailure, read_shards
+from mmpretrain.data.shards import expand_shards, read_sizes
+from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, Sample, decode_sample
 
 EXPECTED_COUNTS = {"digits_train": 1437, "digits_val": 360, "shapes_train": 6000, "shapes_val": 500,
                    "shapes_single_val": 480}
@@ -33,7 +34,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _samples(folder: Path) -> list[Sample]:
-    return [decode_sample(raw) for raw in iter_samples(expand_shards(str(folder)))]
+    raws = list(read_shards(expand_shards(str(folder)), IMAGE_EXTENSIONS + TEXT_EXTENSIONS + ("json",)))
+    assert not any(isinstance(raw, ShardFailure) for raw in raws)
+    return [decode_sample(raw) for raw in raws]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
+from mmpretrain.errors import DataError
 from mmpretrain.eval.datasets import load_retrieval, load_zeroshot
 from mmpretrain.eval.harness import EvalConfig, EvalTaskConfig, format_table, run_eval, write_results
 
@@ -82,8 +83,10 @@ def test_run_eval_on_shards_returns_flat_metrics_and_restores_train_mode(tmp_pat
     assert set(results) == {
         "zeroshot/colours/top1", "zeroshot/colours/top5", "zeroshot/colours/mean_per_class_recall",
         *(f"retrieval/squares/{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)),
+        "zeroshot/colours/skipped", "retrieval/squares/skipped",
     }
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in results.values())
+    assert results["zeroshot/colours/skipped"] == results["retrieval/squares/skipped"] == 0.0
     assert results["zeroshot/colours/top5"] == 1.0  # capped at 3 classes
     assert results["retrieval/squares/text_to_image_R@10"] == 1.0  # capped at max_samples=7 images
     table = format_table(results)
@@ -115,12 +118,18 @@ def test_invalid_tasks_fail_up_front_naming_the_task(task: EvalTaskConfig, messa
         run_eval(Adapter(nn.Identity()), lambda img: img, lambda t: t, EvalConfig(tasks=[task]), progress=False)
 
 
-def test_unknown_label_value_raises_naming_key_and_value(tmp_path: Path) -> None:
+def test_unknown_label_value_is_a_skip_naming_key_and_value(tmp_path: Path) -> None:
     _write_shards(tmp_path / "shards", ["red", "purple", "blue"], shards=1)
-    with pytest.raises(ValueError, match="label=.purple"):
-        load_zeroshot(str(tmp_path / "shards"), CLASSNAMES, label_key="label")
-    with pytest.raises(ValueError, match="no 'colour' field"):
-        load_zeroshot(str(tmp_path / "shards"), CLASSNAMES, label_key="colour")
+    data = load_zeroshot(str(tmp_path / "shards"), CLASSNAMES, label_key="label")
+    assert data.labels == [0, 2] and data.skips.by_reason == {"label_invalid": 1}
+    detail = data.skips.last_detail["label_invalid"]
+    assert "000001" in detail and "label='purple'" in detail
+    # A label_key no sample has leaves nothing to evaluate: one error naming the task, the reason and an example.
+    task = EvalTaskConfig(name="colours", data=str(tmp_path / "shards"), label_key="colour", classnames=CLASSNAMES,
+                          templates=["{}"])
+    with pytest.raises(DataError, match=r"eval task zeroshot/colours: .*skipped 3: "
+                                        r"label_invalid 3 \(e.g. .*no 'colour' field"):
+        run_eval(Adapter(nn.Identity()), lambda img: img, lambda t: t, EvalConfig(tasks=[task]), progress=False)
 
 
 def test_image_folders_load_for_zeroshot_and_retrieval(tmp_path: Path, tiny_clip) -> None:

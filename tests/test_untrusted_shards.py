@@ -15,9 +15,9 @@ from mmpretrain.data.pipeline import DataConfig, build_train_loader
 from mmpretrain.data.safe_tar import read_shard
 from mmpretrain.data.sources import SourceConfig
 from mmpretrain.errors import ConfigError
-from mmpretrain.eval.datasets import load_retrieval
+from mmpretrain.eval.datasets import load_retrieval, load_zeroshot
 from mmpretrain.models import ModelConfig, build_model
-from tests.conftest import micro_overrides, write_colour_shards
+from tests.conftest import COLOURS, micro_overrides, write_colour_shards
 
 
 class _TouchOnUnpickle:
@@ -68,6 +68,7 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path):
     assert all(b["image"].shape[0] == 4 and not b["_meta"][0].skips for b in batches)  # clean samples, used
     assert main(["train", "demo", *micro_overrides(shard.parent, tmp_path / "run", steps=2), "eval.tasks=[]"]) == 0
     assert len(load_retrieval(str(shard.parent)).images) == 8
+    assert len(load_zeroshot(str(shard.parent), list(COLOURS)).labels) == 8
     assert not marker.exists()
 
 

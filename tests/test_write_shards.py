@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from data_tools.write_shards import iter_folder_pairs, iter_manifest_rows, main
-from mmpretrain.data.shards import SIZES_FILE, expand_shards, iter_samples
-from mmpretrain.data.decode import decode_sample
+from mmpretrain.data.safe_tar import ShardFailure, read_shards
+from mmpretrain.data.shards import SIZES_FILE, RawSample, expand_shards
+from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_sample
 
 
 def _save_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -25,8 +26,10 @@ def _save_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> b
     return buffer.getvalue()
 
 
-def _read(out: Path) -> list[dict]:
-    return list(iter_samples(expand_shards(str(out))))
+def _read(out: Path) -> list[RawSample]:
+    samples = list(read_shards(expand_shards(str(out)), IMAGE_EXTENSIONS + TEXT_EXTENSIONS + ("json",)))
+    assert not any(isinstance(s, ShardFailure) for s in samples)
+    return samples
 
 
 @pytest.fixture()

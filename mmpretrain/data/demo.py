@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmpretrain.data.shards import ShardWriter
+from mmpretrain.data.shard_writer import ShardWriter
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SHAPES = ["circle", "square", "triangle", "diamond"]

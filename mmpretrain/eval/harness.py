@@ -7,6 +7,7 @@ and a tokenizer, so the trainer, the CLI and data_tools all call the same `run_e
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -18,13 +19,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmpretrain.data.shards import expand_shards
-from mmpretrain.errors import ConfigError
+from mmpretrain.data.skips import SkipLedger
+from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.eval.datasets import is_image_folder, load_retrieval, load_zeroshot
 from mmpretrain.eval.retrieval import retrieval_metrics
 from mmpretrain.eval.templates import get_templates
 from mmpretrain.eval.zeroshot import Tokenizer, build_classifier, zeroshot_metrics
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+log = logging.getLogger(__name__)
 
 
 class EvalModel(Protocol):
@@ -44,11 +48,11 @@ class EvalTaskConfig:
     name: str = ""                      # dataset name used in metric keys, e.g. "digits"
     kind: Literal["zeroshot", "retrieval"] = "zeroshot"
     data: str = ""                      # shard spec (dir/glob/brace) or image folder
-    label_key: str = "label"            # zero-shot: meta field holding the label
+    label_key: str = "label"            # zero-shot: .json field, or member (e.g. "cls"), holding the label
     classnames: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)   # explicit templates, or
     template_set: Optional[str] = None                    # a named set from templates.py
-    max_samples: Optional[int] = None
+    max_samples: Optional[int] = None  # the first N usable samples; skipped ones do not count
 
 
 @dataclass
@@ -80,6 +84,8 @@ def validate_tasks(config: EvalConfig) -> None:
         seen.add((task.kind, task.name))
         if not task.data:
             raise ConfigError(f"{label}: data is empty (give a shard spec or an image folder)")
+        if task.max_samples is not None and task.max_samples < 1:
+            raise ConfigError(f"{label}: max_samples must be >= 1 or null, got {task.max_samples}")
         if task.kind != "zeroshot":
             continue
         try:
@@ -130,28 +136,53 @@ def encode_texts(model: EvalModel, texts: Sequence[str], tokenizer: Tokenizer, b
     return torch.cat(chunks)
 
 
+def _describe_skips(skips: SkipLedger) -> str:
+    """Counts by reason, most common first, and one example: "image_unreadable 2, label_invalid 1 (e.g. ...)"."""
+    reasons = skips.by_reason.most_common()
+    counts = ", ".join(f"{reason} {count:,}" for reason, count in reasons)
+    example = next((skips.last_detail[r] for r, _ in reasons if r in skips.last_detail), "")
+    return f"{counts} (e.g. {example})" if example else counts
+
+
+def _count_skips(task: EvalTaskConfig, skips: SkipLedger) -> float:
+    """The task's skipped-sample count, logged with its reasons; a task with no usable sample is an error."""
+    skipped = sum(skips.by_reason.values())
+    if skips.delivered == 0:
+        found = f"skipped {skipped:,}: {_describe_skips(skips)}" if skipped else "no samples found"
+        raise DataError(f"eval task {task.kind}/{task.name}: no usable sample in {task.data} ({found})")
+    if skipped:
+        log.warning("eval task %s/%s: skipped %s bad samples, evaluated %s: %s", task.kind, task.name,
+                    f"{skipped:,}", f"{skips.delivered:,}", _describe_skips(skips))
+    return float(skipped)
+
+
 def _run_zeroshot(model: EvalModel, transform: ImageTransform, tokenizer: Tokenizer, task: EvalTaskConfig,
                   batch_size: int, device: str | torch.device, progress: bool) -> dict[str, float]:
     data = load_zeroshot(task.data, task.classnames, task.label_key, task.max_samples)
+    skipped = _count_skips(task, data.skips)
     classifier = build_classifier(model, tokenizer, data.classnames, task_templates(task), batch_size, device)
     features = encode_images(model, data.images, transform, batch_size, device, progress, f"{task.name} images")
-    return zeroshot_metrics(features, torch.tensor(data.labels), classifier)
+    return {**zeroshot_metrics(features, torch.tensor(data.labels), classifier), "skipped": skipped}
 
 
 def _run_retrieval(model: EvalModel, transform: ImageTransform, tokenizer: Tokenizer, task: EvalTaskConfig,
                    batch_size: int, device: str | torch.device, progress: bool) -> dict[str, float]:
     data = load_retrieval(task.data, task.max_samples)
+    skipped = _count_skips(task, data.skips)
     texts = [caption for captions in data.captions for caption in captions]
     owners = torch.tensor([i for i, captions in enumerate(data.captions) for _ in captions])
     image_features = encode_images(model, data.images, transform, batch_size, device, progress,
                                    f"{task.name} images")
     text_features = encode_texts(model, texts, tokenizer, batch_size, device, progress, f"{task.name} texts")
-    return retrieval_metrics(image_features, text_features, owners)
+    return {**retrieval_metrics(image_features, text_features, owners), "skipped": skipped}
 
 
 def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Tokenizer, config: EvalConfig,
              device: str | torch.device = "cpu", progress: bool = True) -> dict[str, float]:
     """Run every task and return the flat metric dict, e.g. ``{"zeroshot/digits/top1": 0.93, ...}``.
+
+    Each task also reports ``<kind>/<name>/skipped``, its count of bad samples (and samples of broken shards)
+    passed over; a task with no usable sample raises DataError naming it.
 
     The model runs in eval mode without gradients and gets its previous train/eval mode back afterwards.
     """
@@ -172,15 +203,20 @@ def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Token
 
 
 def format_table(results: dict[str, float]) -> str:
-    """An aligned two-column text table of the metrics, sorted by key, values to four decimals."""
+    """An aligned two-column text table of the metrics, sorted by key: scores to four decimals, counts whole."""
     if not results:
         return "(no eval results)"
-    values = {key: f"{value:.4f}" for key, value in sorted(results.items())}
+    values = {key: _format_value(key, value) for key, value in sorted(results.items())}
     key_width = max(len("metric"), *(len(key) for key in values))
     value_width = max(len("value"), *(len(v) for v in values.values()))
     lines = [f"{'metric':<{key_width}}  {'value':>{value_width}}", f"{'-' * key_width}  {'-' * value_width}"]
     lines += [f"{key:<{key_width}}  {value:>{value_width}}" for key, value in values.items()]
     return "\n".join(lines)
+
+
+def _format_value(key: str, value: float) -> str:
+    # A skip count is a number of samples: "3", not "3.0000" beside the fractions.
+    return f"{value:,.0f}" if key.endswith("/skipped") else f"{value:.4f}"
 
 
 def write_results(results: dict[str, float], config: EvalConfig | dict[str, Any] | None,
