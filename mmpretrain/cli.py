@@ -14,8 +14,9 @@ from mmpretrain.errors import ConfigError, DataError
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    # This positional takes only the overrides right after the config; parse_args() collects the rest.
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides, e.g. train.steps=500 data.batch_size=64")
+                        help="config overrides, anywhere after the config, e.g. train.steps=500 data.batch_size=64")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +51,32 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs", help="parent of the demo run directory")
     _add_overrides(demo)
     return parser
+
+
+# An override is key=value with a key that is not an option: `--out=x` stays an (unknown) option.
+_OVERRIDE = re.compile(r"^[^-=][^=]*=")
+
+
+class UsageError(Exception):
+    """A command line that names an unknown option or argument; reported in one line, exit 2."""
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line, taking `key.sub=value` overrides anywhere after the config.
+
+    argparse alone cannot: the `overrides` positional (nargs="*") only takes the run right after the config, so
+    `eval RUN --out x train.steps=5` would end in "unrecognized arguments". The leftovers of parse_known_args are
+    appended to the overrides, in command-line order, when every one of them is an override."""
+    args, leftovers = _parser().parse_known_args(argv)
+    strays = [arg for arg in leftovers if not _OVERRIDE.match(arg)]
+    if strays:
+        raise UsageError(f"mmpretrain {args.command}: error: unrecognized argument {strays[0]!r} "
+                         f"(see `mmpretrain {args.command} --help`; overrides are key.sub=value)")
+    if leftovers and not hasattr(args, "overrides"):
+        raise UsageError(f"mmpretrain {args.command}: error: takes no config overrides, got {leftovers[0]!r}")
+    if leftovers:
+        args.overrides = [*args.overrides, *leftovers]
+    return args
 
 
 def _load(config: str, overrides: Sequence[str]) -> RunConfig:
@@ -119,7 +146,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from launch.cli import main as launch_main
 
         return launch_main(argv[1:])
-    args = _parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)
