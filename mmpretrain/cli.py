@@ -85,6 +85,11 @@ def _load(config: str, overrides: Sequence[str]) -> RunConfig:
     return load_config(resolve_config_path(config), overrides)
 
 
+# The sbatch script (launch/templates/sbatch.sh) requeues a job whose log holds this line: torchrun reports the
+# trainer's exit 124 as 1, so the line is what tells "checkpoint saved, requeue me" from a crash.
+PREEMPTED_LINE = "mmpretrain train: preempted"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mmpretrain.engine.preemption import REQUEUE_EXIT_CODE, Preempted
     from mmpretrain.train import train
@@ -93,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except Preempted as preempted:
-        print(f"mmpretrain train: {preempted}", file=sys.stderr)
+        print(f"{PREEMPTED_LINE}: {preempted}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
     print(f"run directory: {result.run_dir}")
     return 0
