@@ -128,16 +128,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmpretrain.data.demo import generate_demo_data
-    from mmpretrain.demo import check_targets
-    from mmpretrain.train import train
+    from mmpretrain.demo import run_demo
 
-    config = _load("demo", [f"data_root={args.data_root}", f"output_dir={args.output_dir}", *args.overrides])
-    generate_demo_data(args.data_root)
-    result = train(config, overwrite=True)
-    missed = check_targets(result.results)
-    print(f"run directory: {result.run_dir}")
-    return 1 if missed else 0
+    return run_demo(args.data_root, args.output_dir, args.overrides)
 
 
 _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")

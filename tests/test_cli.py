@@ -1,10 +1,12 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from mmpretrain.cli import UsageError, main, parse_args
+from mmpretrain.demo import DEMO_TARGETS
 from tests.conftest import micro_overrides
 from tests.test_train import eval_overrides
 
@@ -103,3 +105,22 @@ def test_launch_is_dispatched_to_the_launchers(tmp_path, capsys):
                  f"output_dir={tmp_path}", f"data_root={tmp_path}"])
     assert code == 0
     assert (tmp_path / "demo" / "submit.sbatch").is_file()
+
+
+@pytest.mark.parametrize("results, code", [({key: 1.0 for key in DEMO_TARGETS}, 0), ({}, 1)])
+def test_demo_generates_the_data_trains_and_checks_the_targets(monkeypatch, tmp_path, capsys, results, code):
+    import mmpretrain.data.demo_data
+    import mmpretrain.train
+
+    calls = []
+    monkeypatch.setattr(mmpretrain.data.demo_data, "generate_demo_data", lambda root: calls.append(("data", root)))
+
+    def fake_train(config, overwrite):
+        calls.append(("train", config.data_root, config.output_dir, config.train.steps, overwrite))
+        return SimpleNamespace(results=results, run_dir=tmp_path / "runs" / "demo")
+
+    monkeypatch.setattr(mmpretrain.train, "train", fake_train)
+    data, runs = str(tmp_path / "data"), str(tmp_path / "runs")
+    assert main(["demo", "--data-root", data, "train.steps=3", "--output-dir", runs]) == code
+    assert calls == [("data", data), ("train", data, runs, 3, True)]
+    assert ("MISSED" in capsys.readouterr().out) == bool(code)
