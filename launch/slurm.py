@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launch.snapshot import snapshot_code
+from mmpretrain.launch.snapshot import snapshot_code
 
 if TYPE_CHECKING:
     from mmpretrain.config import RunConfig

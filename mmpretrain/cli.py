@@ -1,8 +1,9 @@
-"""`mmpretrain train|eval|export|demo|launch`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|export|demo|launch|write-shards`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import re
 import sys
@@ -42,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="weight formats to write (repeatable; default: both)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
-    # `launch` is listed for --help only: main() hands its arguments to launch/ before parsing.
+    # `launch` and `write-shards` are listed for --help only: main() hands their arguments on before parsing.
     commands.add_parser("launch", help="start training: `launch slurm ...` (sbatch) or `launch local ...` "
                                       "(N processes); see `mmpretrain launch --help`")
+    commands.add_parser("write-shards", help="write WebDataset shards from a folder or a CSV/JSONL/Parquet "
+                                            "manifest; see `mmpretrain write-shards --help`")
 
     demo = commands.add_parser("demo", help="generate the embedded data, train a small model, evaluate")
     demo.add_argument("--data-root", default="data/demo", help="where the demo shards are (generated if absent)")
@@ -135,15 +138,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
 
+# Commands with a parser of their own, in the repository's launch/ and data_tools/ folders (installed as these
+# modules). They are imported only when called: the library proper never imports them (ARCHITECTURE.md).
+_DELEGATED = {"launch": "mmpretrain.launch.cli", "write-shards": "mmpretrain.data_tools.write_shards"}
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # The deepspeed launcher passes --local_rank=N first; the rank comes from its environment (LOCAL_RANK).
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not _LOCAL_RANK_FLAG.match(a)]
-    if argv[:1] == ["launch"]:
-        # Launching only starts processes; the library proper never imports launch/ (ARCHITECTURE.md).
-        from launch.cli import main as launch_main
-
-        return launch_main(argv[1:])
+    if argv and argv[0] in _DELEGATED:
+        return importlib.import_module(_DELEGATED[argv[0]]).main(argv[1:])
     try:
         args = parse_args(argv)
     except UsageError as e:

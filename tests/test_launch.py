@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from launch import cli
-from launch.local import build_local_command, run_local
-from launch.slurm import TEMPLATE, LaunchError, SlurmSpec, prepare_run, render_sbatch, time_to_seconds
 from mmpretrain.cli import PREEMPTED_LINE
 from mmpretrain.cli import main as cli_main
 from mmpretrain.config import load_config
 from mmpretrain.errors import ConfigError
+from mmpretrain.launch import cli
+from mmpretrain.launch.local import build_local_command, run_local
+from mmpretrain.launch.slurm import TEMPLATE, LaunchError, SlurmSpec, prepare_run, render_sbatch, time_to_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).with_name("golden") / "sbatch_2x8.sh"
