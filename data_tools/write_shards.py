@@ -1,7 +1,9 @@
 """Turn raw image-caption pairs into WebDataset shards (plus sizes.json) that mmpretrain trains on.
 
-    python -m data_tools.write_shards folder SRC OUT [--samples-per-shard N]
-    python -m data_tools.write_shards manifest FILE OUT [--image-column image] [--caption-column caption] [--root DIR]
+    mmpretrain write-shards folder SRC OUT [--samples-per-shard N]
+    mmpretrain write-shards manifest FILE OUT [--image-column image] [--caption-column caption] [--root DIR]
+
+(or `python -m mmpretrain.data_tools.write_shards ...`: this folder installs as mmpretrain.data_tools).
 
 Folder mode pairs every image under SRC (recursively) with the same-stem ``.txt`` caption file; manifest mode
 reads a CSV, JSONL or Parquet table with an image-path column and a caption column. Inputs are taken in a
@@ -138,7 +140,7 @@ def write_pairs(pairs: Iterator[Pair], out: str | Path, samples_per_shard: int, 
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_tools.write_shards",
+    parser = argparse.ArgumentParser(prog="mmpretrain write-shards",
                                      description=(__doc__ or "").split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     folder = sub.add_parser("folder", help="a folder of images with same-stem .txt captions")

@@ -1,6 +1,7 @@
 """`mmpretrain launch slurm|local`: parse, call one function; bad input is one line on stderr and exit 2.
 
-Wired from mmpretrain/cli.py as `launch.cli.main(argv_after_launch)`; also `python -m launch.cli ...`."""
+Wired from mmpretrain/cli.py as `mmpretrain.launch.cli.main(argv_after_launch)` (this folder installs as
+mmpretrain.launch); also `python -m mmpretrain.launch.cli ...`."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ USAGE = """usage: mmpretrain launch {slurm,local} CONFIG [options] [key.sub=valu
 
 
 def cmd_slurm(args: argparse.Namespace) -> int:
-    from launch.slurm import SlurmSpec, prepare_run
+    from mmpretrain.launch.slurm import SlurmSpec, prepare_run
 
     spec = SlurmSpec(nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                      time=args.time, partition=args.partition, account=args.account, qos=args.qos,
@@ -71,7 +72,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from launch.local import run_local
+    from mmpretrain.launch.local import run_local
 
     extra = ["--resume", args.resume] if args.resume else []
     return run_local(args.config, args.overrides, args.nproc, extra)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launch.snapshot import snapshot_code
+from mmpretrain.launch.snapshot import snapshot_code
 
 if TYPE_CHECKING:
     from mmpretrain.config import RunConfig
@@ -120,6 +120,7 @@ def render_sbatch(spec: SlurmSpec, run_dir: Path, code_dir: Path, config_path: P
         "time": spec.time,
         "optional_sbatch": "\n".join(optional),
         "log_dir": str(run_dir / "slurm"),
+        "quoted_log_dir": shlex.quote(str(run_dir / "slurm")),
         "signal_seconds": str(spec.signal_seconds),
         "workdir": shlex.quote(str(workdir or Path.cwd())),
         "code_dir": shlex.quote(str(code_dir)),

@@ -9,7 +9,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-import launch
+import mmpretrain.launch
 
 # What the trainer needs at run time: the package, its configs (model configs are looked up by name under
 # configs/), and the rest that ships with it, so the snapshot can also be installed or diffed on its own.
@@ -19,8 +19,10 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg
 
 
 def repo_root() -> Path:
-    """The checkout this launcher runs from: the folder holding launch/ (and mmpretrain/ beside it)."""
-    return Path(launch.__file__).resolve().parents[1]
+    """The checkout this launcher runs from: the folder holding launch/ (and mmpretrain/ beside it). In an editable
+    install mmpretrain.launch is that launch/ folder; in a wheel it is mmpretrain/launch, whose parent holds no
+    mmpretrain/ and is refused by snapshot_code."""
+    return Path(mmpretrain.launch.__file__).resolve().parents[1]
 
 
 def _git(root: Path, *args: str) -> str | None:

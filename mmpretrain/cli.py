@@ -1,8 +1,9 @@
-"""`mmpretrain train|eval|export|demo|launch`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|export|demo|launch|write-shards`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import re
 import sys
@@ -14,8 +15,9 @@ from mmpretrain.errors import ConfigError, DataError
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    # This positional takes only the overrides right after the config; parse_args() collects the rest.
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides, e.g. train.steps=500 data.batch_size=64")
+                        help="config overrides, anywhere after the config, e.g. train.steps=500 data.batch_size=64")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="weight formats to write (repeatable; default: both)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
-    # `launch` is listed for --help only: main() hands its arguments to launch/ before parsing.
+    # `launch` and `write-shards` are listed for --help only: main() hands their arguments on before parsing.
     commands.add_parser("launch", help="start training: `launch slurm ...` (sbatch) or `launch local ...` "
                                       "(N processes); see `mmpretrain launch --help`")
+    commands.add_parser("write-shards", help="write WebDataset shards from a folder or a CSV/JSONL/Parquet "
+                                            "manifest; see `mmpretrain write-shards --help`")
 
     demo = commands.add_parser("demo", help="generate the embedded data, train a small model, evaluate")
     demo.add_argument("--data-root", default="data/demo", help="where the demo shards are (generated if absent)")
@@ -52,10 +56,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# An override is key=value with a key that is not an option: `--out=x` stays an (unknown) option.
+_OVERRIDE = re.compile(r"^[^-=][^=]*=")
+
+
+class UsageError(Exception):
+    """A command line that names an unknown option or argument; reported in one line, exit 2."""
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse a command line, taking `key.sub=value` overrides anywhere after the config.
+
+    argparse alone cannot: the `overrides` positional (nargs="*") only takes the run right after the config, so
+    `eval RUN --out x train.steps=5` would end in "unrecognized arguments". The leftovers of parse_known_args are
+    appended to the overrides, in command-line order, when every one of them is an override."""
+    args, leftovers = _parser().parse_known_args(argv)
+    strays = [arg for arg in leftovers if not _OVERRIDE.match(arg)]
+    if strays:
+        raise UsageError(f"mmpretrain {args.command}: error: unrecognized argument {strays[0]!r} "
+                         f"(see `mmpretrain {args.command} --help`; overrides are key.sub=value)")
+    if leftovers and not hasattr(args, "overrides"):
+        raise UsageError(f"mmpretrain {args.command}: error: takes no config overrides, got {leftovers[0]!r}")
+    if leftovers:
+        args.overrides = [*args.overrides, *leftovers]
+    return args
+
+
 def _load(config: str, overrides: Sequence[str]) -> RunConfig:
     from mmpretrain.paths import resolve_config_path
 
     return load_config(resolve_config_path(config), overrides)
+
+
+# The sbatch script (launch/templates/sbatch.sh) requeues a job whose log holds this line: torchrun reports the
+# trainer's exit 124 as 1, so the line is what tells "checkpoint saved, requeue me" from a crash.
+PREEMPTED_LINE = "mmpretrain train: preempted"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -66,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except Preempted as preempted:
-        print(f"mmpretrain train: {preempted}", file=sys.stderr)
+        print(f"{PREEMPTED_LINE}: {preempted}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
     print(f"run directory: {result.run_dir}")
     return 0
@@ -96,30 +131,28 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mmpretrain.data.demo import generate_demo_data
-    from mmpretrain.demo import check_targets
-    from mmpretrain.train import train
+    from mmpretrain.demo import run_demo
 
-    config = _load("demo", [f"data_root={args.data_root}", f"output_dir={args.output_dir}", *args.overrides])
-    generate_demo_data(args.data_root)
-    result = train(config, overwrite=True)
-    missed = check_targets(result.results)
-    print(f"run directory: {result.run_dir}")
-    return 1 if missed else 0
+    return run_demo(args.data_root, args.output_dir, args.overrides)
 
 
 _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
+
+# Commands with a parser of their own, in the repository's launch/ and data_tools/ folders (installed as these
+# modules). They are imported only when called: the library proper never imports them (ARCHITECTURE.md).
+_DELEGATED = {"launch": "mmpretrain.launch.cli", "write-shards": "mmpretrain.data_tools.write_shards"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # The deepspeed launcher passes --local_rank=N first; the rank comes from its environment (LOCAL_RANK).
     argv = [a for a in (sys.argv[1:] if argv is None else argv) if not _LOCAL_RANK_FLAG.match(a)]
-    if argv[:1] == ["launch"]:
-        # Launching only starts processes; the library proper never imports launch/ (ARCHITECTURE.md).
-        from launch.cli import main as launch_main
-
-        return launch_main(argv[1:])
-    args = _parser().parse_args(argv)
+    if argv and argv[0] in _DELEGATED:
+        return importlib.import_module(_DELEGATED[argv[0]]).main(argv[1:])
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)

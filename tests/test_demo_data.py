@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpretrain.data.demo import (COLOURS, COLOUR_RGB, DIGIT_WORDS, SHAPES, ShapeObject, generate_demo_data,
-                                  relation, render_scene, sample_scene)
+from mmpretrain.data.demo_data import (COLOURS, COLOUR_RGB, DIGIT_WORDS, SHAPES, ShapeObject, generate_demo_data,
+                                       relation, render_scene, sample_scene)
 from mmpretrain.data.safe_tar import ShardFailure, read_shards
 from mmpretrain.data.shards import expand_shards, read_sizes
 from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, Sample, decode_sample

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import open_clip
@@ -130,3 +132,18 @@ def test_export_fails_loudly_on_unmatched_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="towers.audio.proj"):
         export_open_clip(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)],
+                         ids=["umask022", "umask027"])
+def test_export_modes_follow_the_umask(tmp_path: Path, umask: int, dir_mode: int, file_mode: int) -> None:
+    # Like any other tool's output (not mkdtemp's 0700 and safetensors' 0600), so the group can read the export.
+    _trained_run(tmp_path / "run")
+    previous = os.umask(umask)
+    try:
+        out = export_open_clip(tmp_path / "run", tmp_path / "export")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == dir_mode
+    files = sorted(out.iterdir())
+    assert len(files) == 3 and all(stat.S_IMODE(f.stat().st_mode) == file_mode for f in files), files

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from launch import cli
-from launch.local import build_local_command, run_local
-from launch.slurm import LaunchError, SlurmSpec, prepare_run, render_sbatch, time_to_seconds
+from mmpretrain.cli import PREEMPTED_LINE
+from mmpretrain.cli import main as cli_main
 from mmpretrain.config import load_config
 from mmpretrain.errors import ConfigError
+from mmpretrain.launch import cli
+from mmpretrain.launch.local import build_local_command, run_local
+from mmpretrain.launch.slurm import TEMPLATE, LaunchError, SlurmSpec, prepare_run, render_sbatch, time_to_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).with_name("golden") / "sbatch_2x8.sh"
@@ -45,12 +47,15 @@ def _fake_bin(tmp_path: Path) -> Path:
     bin_dir.mkdir()
     log.mkdir()
     scripts = {
-        # srun: record args, cwd and PYTHONPATH; exit with FAKE_SRUN_EXIT, or run until USR1 ("wait").
+        # srun: record args, cwd and PYTHONPATH; print FAKE_SRUN_SAYS (the trainer's last words, into the job log)
+        # and exit with FAKE_SRUN_EXIT, or run until USR1 ("wait") and then exit 1, as torchrun does.
         "srun": f"""printf '%s\\n' "$@" > {log}/srun_args; echo "$PWD" > {log}/srun_cwd
 echo "$PYTHONPATH" > {log}/srun_pythonpath
-trap 'echo USR1 > {log}/srun_signal; kill $SLEEP; exit 1' USR1
+says() {{ [[ -z ${{FAKE_SRUN_SAYS:-}} ]] || echo "$FAKE_SRUN_SAYS"; }}
+trap 'echo USR1 > {log}/srun_signal; kill $SLEEP; says; exit 1' USR1
 touch {log}/srun_started
 if [[ $FAKE_SRUN_EXIT == wait ]]; then sleep 20 & SLEEP=$!; wait $SLEEP; exit 0; fi
+says
 exit "$FAKE_SRUN_EXIT\"""",
         "scontrol": f"""if [[ $1 == show ]]; then printf 'node-a\\nnode-b\\n'
 else echo "$@" >> {log}/scontrol; fi""",
@@ -114,34 +119,45 @@ def test_time_formats_convert_to_seconds():
     assert time_to_seconds("1-00:00:05") == 86405
 
 
-def _run_script(tmp_path: Path, srun_exit: str, send_usr1: bool) -> tuple[int, Path]:
-    """Run a rendered script under fake srun/scontrol; optionally send it SLURM's USR1 warning mid-run."""
+def _run_script(tmp_path: Path, srun_exit: str, send_usr1: bool, says: str = "",
+                earlier_log: str = "") -> tuple[int, Path, str]:
+    """Run a rendered script under fake srun/scontrol, its output appended to the job log as SLURM does (after
+    `earlier_log`, an earlier start's lines); optionally send it SLURM's USR1 warning mid-run. Returns the exit
+    code, the fake commands' record folder and this start's part of the job log."""
     bin_dir = _fake_bin(tmp_path)
     run_dir = tmp_path / "runs" / "r"
     (run_dir / "code").mkdir(parents=True)
+    (run_dir / "slurm").mkdir()
     (run_dir / "code" / "VERSION").write_text("commit: abc\n")
+    job_log = run_dir / "slurm" / "r-4242.out"  # --output=<run_dir>/slurm/%x-%j.out
+    job_log.write_text(earlier_log)
     script = run_dir / "submit.sbatch"
     script.write_text(render_sbatch(SlurmSpec(nodes=2, gpus_per_node=8), run_dir, run_dir / "code",
                                     run_dir / "config.yaml", workdir=tmp_path, python="python"))
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SRUN_EXIT": srun_exit,
-           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2",
-           "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "64"}
+           "FAKE_SRUN_SAYS": says, "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "r", "SLURM_JOB_NODELIST": "node-[a-b]",
+           "SLURM_NNODES": "2", "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_PER_TASK": "64"}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if send_usr1:
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "log" / "srun_started").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGUSR1)
-    proc.communicate(timeout=20)
-    return proc.returncode, tmp_path / "log"
+    with open(job_log, "a") as log_file:
+        proc = subprocess.Popen(["bash", str(script)], env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        if send_usr1:
+            deadline = time.monotonic() + 10
+            while not (tmp_path / "log" / "srun_started").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGUSR1)
+        proc.wait(timeout=20)
+    return proc.returncode, tmp_path / "log", job_log.read_text()[len(earlier_log):]
+
+
+PREEMPTED = f"{PREEMPTED_LINE}: preempted by SIGUSR1 after step 7; checkpoint saved, exit 124 to be requeued"
 
 
 def test_usr1_is_forwarded_to_srun_and_the_job_requeues_itself(tmp_path):
-    returncode, log = _run_script(tmp_path, srun_exit="wait", send_usr1=True)
+    returncode, log, output = _run_script(tmp_path, srun_exit="wait", send_usr1=True, says=PREEMPTED)
     assert (log / "srun_signal").read_text().strip() == "USR1"
     assert (log / "scontrol").read_text().split() == ["requeue", "4242"]
     assert returncode == 0
+    assert "requeueing job 4242 (exit 1)" in output  # torchrun's 1; the trainer's line decided
     args = (log / "srun_args").read_text().splitlines()
     assert "--rdzv-endpoint=node-a:24242" in args and "--nproc-per-node=8" in args
     assert args[-4:] == ["train", str(tmp_path / "runs/r/config.yaml"), "--resume", "latest"]
@@ -150,11 +166,49 @@ def test_usr1_is_forwarded_to_srun_and_the_job_requeues_itself(tmp_path):
     assert (log / "srun_pythonpath").read_text().strip() == str(tmp_path / "runs/r/code")
 
 
-@pytest.mark.parametrize("srun_exit, requeued, returncode", [("124", True, 0), ("0", False, 0), ("3", False, 3)])
-def test_exit_124_requeues_and_other_exits_pass_through(tmp_path, srun_exit, requeued, returncode):
-    got, log = _run_script(tmp_path, srun_exit=srun_exit, send_usr1=False)
+def test_usr1_as_training_finishes_does_not_requeue(tmp_path):
+    # The warning came, but the trainer had done its last step: it saved no "preempted" checkpoint, so the
+    # job must end (with torchrun's exit status) instead of going round the queue again.
+    returncode, log, output = _run_script(tmp_path, srun_exit="wait", send_usr1=True, says="run directory: /r")
+    assert (log / "srun_signal").read_text().strip() == "USR1"
+    assert not (log / "scontrol").exists()
+    assert returncode == 1
+    assert "not requeueing job 4242 (exit 1)" in output
+
+
+@pytest.mark.parametrize("srun_exit, says, requeued, returncode", [
+    ("124", "", True, 0),                       # the trainer's own exit code reached the script
+    ("1", PREEMPTED, True, 0),                  # torchrun's 1 for it (e.g. SIGTERM preemption): the line decides
+    ("0", "run directory: /r", False, 0),
+    ("1", "Traceback: RuntimeError", False, 1),  # a crash is not requeued
+    ("3", "", False, 3),
+])
+def test_only_a_preempted_trainer_is_requeued(tmp_path, srun_exit, says, requeued, returncode):
+    got, log, _ = _run_script(tmp_path, srun_exit=srun_exit, send_usr1=False, says=says)
     assert got == returncode
     assert (log / "scontrol").exists() == requeued
+
+
+def test_an_earlier_starts_preempted_line_does_not_requeue_a_crash(tmp_path):
+    # The log is appended to across requeues: the line from the start before this one must not count.
+    earlier = f"{PREEMPTED}\nrequeueing job 4242 (exit 1)\n"
+    got, log, output = _run_script(tmp_path, srun_exit="1", send_usr1=False, says="Traceback: RuntimeError",
+                                   earlier_log=earlier)
+    assert got == 1 and not (log / "scontrol").exists()
+    assert PREEMPTED not in output and "Traceback" in output
+
+
+def test_the_trainers_preempted_line_is_the_one_the_script_looks_for(monkeypatch, capsys):
+    import mmpretrain.train
+    from mmpretrain.engine.preemption import REQUEUE_EXIT_CODE, Preempted
+
+    def preempted_train(*args, **kwargs):
+        raise Preempted(7, "SIGUSR1")
+
+    monkeypatch.setattr(mmpretrain.train, "train", preempted_train)
+    assert cli_main(["train", "demo"]) == REQUEUE_EXIT_CODE
+    assert capsys.readouterr().err.startswith(PREEMPTED_LINE + ": preempted by SIGUSR1 after step 7")
+    assert f'grep -qF "{PREEMPTED_LINE}"' in TEMPLATE.read_text()
 
 
 def test_dry_run_writes_the_run_directory_without_calling_sbatch(tmp_path, monkeypatch, capsys):

@@ -1,17 +1,27 @@
 import itertools
+from typing import NamedTuple
 
 import pytest
 import torch
 
+from mmpretrain.data.augment import AugmentConfig, CropFirstTransform, build_train_transform
 from mmpretrain.data.pipeline import DataConfig, assign_shards, build_train_loader, check_shard_count
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.models import ModelConfig, build_model
+from mmpretrain.models.towers import Tokenizer
 from tests.conftest import no_tokens, pixel_id, write_colour_shards
 
 
+class MicroInputs(NamedTuple):
+    train_transform: CropFirstTransform
+    tokenizer: Tokenizer
+
+
 @pytest.fixture(scope="module")
-def micro():
-    return build_model(ModelConfig(name="mmp-test-micro"))
+def micro() -> MicroInputs:
+    # The micro model's transform and tokenizer, built as training builds them.
+    built = build_model(ModelConfig(name="mmp-test-micro"))
+    return MicroInputs(build_train_transform(built.preprocess, AugmentConfig()), built.tokenizer)
 
 
 def test_batches_have_model_input_shapes(colour_shards, micro):
@@ -21,7 +31,8 @@ def test_batches_have_model_input_shapes(colour_shards, micro):
     assert "24 samples per epoch from 2 shards" in info.describe()
     batches = list(itertools.islice(iter(loader), 7))  # 35 samples: the stream runs past one epoch
     for batch in batches:
-        assert batch["image"].shape == (5, 3, 32, 32) and batch["image"].dtype == torch.float32
+        # uint8: the workers hand over unnormalised images (data.augment.uint8_transfer), finished on the device
+        assert batch["image"].shape == (5, 3, 32, 32) and batch["image"].dtype == torch.uint8
         assert batch["text"].shape == (5, 16) and batch["text"].dtype == torch.long
 
 

@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 
 from mmpretrain.cli import main
+from mmpretrain.data.augment import AugmentConfig, build_train_transform
 from mmpretrain.data.pipeline import DataConfig, build_train_loader
 from mmpretrain.data.safe_tar import read_shard
 from mmpretrain.data.sources import SourceConfig
@@ -62,8 +63,9 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path):
     # Our training stream, a training run, and the eval reader read the same kind of shard: no marker.
     shard = _planted_shard(tmp_path / "planted", marker)
     micro = build_model(ModelConfig(name="mmp-test-micro"))
+    transform = build_train_transform(micro.preprocess, AugmentConfig())
     config = DataConfig(train=[str(shard.parent)], batch_size=4, num_workers=0, shuffle_buffer=4)
-    loader, _ = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=0)
+    loader, _ = build_train_loader(config, transform, micro.tokenizer, seed=0)
     batches = list(itertools.islice(iter(loader), 4))
     assert all(b["image"].shape[0] == 4 and not b["_meta"][0].skips for b in batches)  # clean samples, used
     assert main(["train", "demo", *micro_overrides(shard.parent, tmp_path / "run", steps=2), "eval.tasks=[]"]) == 0

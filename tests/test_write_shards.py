@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_tools.write_shards import iter_folder_pairs, iter_manifest_rows, main
+from mmpretrain.cli import main as mmpretrain_main
 from mmpretrain.data.safe_tar import ShardFailure, read_shards
 from mmpretrain.data.shards import SIZES_FILE, RawSample, expand_shards
 from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_sample
+from mmpretrain.data_tools.write_shards import iter_folder_pairs, iter_manifest_rows, main
 
 
 def _save_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -147,3 +148,9 @@ def test_missing_image_error_names_the_file_and_writes_nothing(tmp_path: Path,
     assert "image file not found" in err and "gone.png" in err and "row 3" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()  # every row is checked before the first shard is written
+
+
+def test_reached_as_mmpretrain_write_shards(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert mmpretrain_main(["write-shards", "folder", str(image_folder), str(out)]) == 0
+    assert json.loads((out / SIZES_FILE).read_text()) == {"shard-000000.tar": 3}

@@ -25,6 +25,11 @@ cd ${workdir}
 export PYTHONPATH=${code_dir}${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONSAFEPATH=1
 
+# This job's log (--output above) and where this start's lines begin in it: a requeued job appends, so the lines
+# before LOG_OFFSET are earlier starts' and must not decide whether this start is requeued (see the end).
+JOB_LOG=${quoted_log_dir}/"$SLURM_JOB_NAME-$SLURM_JOB_ID.out"
+LOG_OFFSET=$(stat -c %s "$JOB_LOG" 2>/dev/null || echo 0)
+
 # The first node hosts the c10d rendezvous; every node's torchrun agent meets there. `sed -n 1p`, not
 # `head -n1`: head stops reading after one line, and scontrol's SIGPIPE would then fail the job (pipefail).
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
@@ -35,12 +40,12 @@ echo "job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NUM_NO
     "rendezvous at $MASTER_ADDR:$MASTER_PORT"
 echo "code snapshot: $(tr '\n' ' ' < ${code_dir}/VERSION)"
 
-# On USR1 (time limit near) mark the job preempted and pass the signal to srun, which forwards it to torchrun
-# on every node; torchrun forwards it to its workers (--signals-to-handle), which save a checkpoint and exit.
-PREEMPTED=0
+# On USR1 (time limit near) note it and pass the signal to srun, which forwards it to torchrun on every node;
+# torchrun forwards it to its workers (--signals-to-handle), which save a checkpoint and exit.
+USR1_SEEN=0
 SRUN_PID=""
 on_usr1() {
-    PREEMPTED=1
+    USR1_SEEN=1
     echo "USR1: time limit near, asking the trainer to checkpoint and stop"
     [[ -n $SRUN_PID ]] && kill -USR1 "$SRUN_PID" || true
 }
@@ -65,11 +70,21 @@ while kill -0 "$SRUN_PID" 2>/dev/null; do wait "$SRUN_PID" || true; done
 STATUS=0
 wait "$SRUN_PID" || STATUS=$?
 
-# 124 is the trainer's "checkpoint saved, requeue me". torchrun reports a stopped worker as a failure (exit 1),
-# so a USR1 seen here counts too; the requeued job resumes from the latest checkpoint.
-if [[ $STATUS -eq 124 || $PREEMPTED -eq 1 ]]; then
-    echo "requeueing job $SLURM_JOB_ID (exit $STATUS)"
+# Requeue only a run the trainer stopped early with its checkpoint saved: it then prints a line starting
+# "mmpretrain train: preempted" and exits 124. torchrun reports that exit as 1, so that line, looked for in this
+# start's part of the log only, decides. A USR1 alone proves nothing: it may come as training ends, when the
+# trainer completes and exits 0 (or torchrun, signalled on its way out, 1), and a crash must not go round the
+# queue again. Process substitution, not a pipe: grep -q stops at the first match, and a tail killed by SIGPIPE
+# would make a pipeline fail under pipefail.
+trainer_preempted() {
+    [[ -r $JOB_LOG ]] && grep -qF "mmpretrain train: preempted" < <(tail -c "+$((LOG_OFFSET + 1))" "$JOB_LOG")
+}
+if [[ $STATUS -eq 124 ]] || { [[ $STATUS -ne 0 ]] && trainer_preempted; }; then
+    echo "requeueing job $SLURM_JOB_ID (exit $STATUS): the trainer saved a checkpoint and stopped early"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
+fi
+if [[ $USR1_SEEN -eq 1 ]]; then
+    echo "not requeueing job $SLURM_JOB_ID (exit $STATUS): USR1 came, but the trainer did not report stopping early"
 fi
 exit "$STATUS"

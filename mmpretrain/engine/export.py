@@ -65,6 +65,7 @@ def export_open_clip(source: Path, out: Path, formats: tuple[str, ...] = ("safet
         state = to_open_clip_state_dict(model_state(checkpoint), custom_text=_is_custom_text(model_cfg))
         _check_matches(state, reference, checkpoint_file)
         _write_weights(state, tmp, formats)
+        _apply_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -156,6 +157,23 @@ def _write_weights(state: StateDict, directory: Path, formats: tuple[str, ...]) 
         save_file(state, str(directory / WEIGHT_NAMES["safetensors"]))
     if "bin" in formats:
         torch.save(state, directory / WEIGHT_NAMES["bin"])
+
+
+def _current_umask() -> int:
+    """The process umask. It can only be read by setting it: set a strict one for that instant, so a file another
+    thread creates meanwhile is at worst more private, never more open."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(directory: Path) -> None:
+    """Give the export the modes any other tool's output gets (dirs 0777, files 0666, less the umask): mkdtemp
+    makes the folder 0700 and safetensors writes 0600, which would keep the export from the rest of the group."""
+    mask = _current_umask()
+    directory.chmod(0o777 & ~mask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~mask)
 
 
 def _is_non_empty(path: Path) -> bool:

@@ -101,27 +101,3 @@ def sigmoid_local_loss(image_features: torch.Tensor, positives: torch.Tensor, lo
     pos = positive_logits(image_features, positives, logit_scale) + logit_bias
     all_pairs = negative_sum(image_features, local_text_columns, logit_scale, logit_bias)
     return (all_pairs - pos.sum()) / image_features.shape[0]
-
-
-def softmax_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                             logit_scale: torch.Tensor,
-                             negative_text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP) of one whole batch in one process: row i of each side is the positive of row i.
-
-    `text_features` may carry several positives (`[B, P, D]`) and hard negatives may be added (see
-    `softmax_local_loss` for the exact targets).
-    """
-    positives = as_positives(text_features)
-    negatives = as_negative_rows(negative_text_features, image_features.shape[-1])
-    return softmax_local_loss(image_features, positives, image_features, text_columns(positives, negatives),
-                              logit_scale)
-
-
-def sigmoid_contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                             logit_scale: torch.Tensor, logit_bias: Optional[torch.Tensor],
-                             negative_text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Pairwise sigmoid (SigLIP) loss of one whole batch in one process; positives/negatives as above."""
-    positives = as_positives(text_features)
-    negatives = as_negative_rows(negative_text_features, image_features.shape[-1])
-    bias = image_features.new_zeros(()) if logit_bias is None else logit_bias
-    return sigmoid_local_loss(image_features, positives, text_columns(positives, negatives), logit_scale, bias)

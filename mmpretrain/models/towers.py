@@ -34,8 +34,10 @@ class ModelConfig:
 
 @dataclass
 class BuiltModel:
+    """The towers and what feeds them. No train transform: training builds its own from `preprocess` and the
+    augmentation config (mmpretrain.data.augment.build_train_transform), so open_clip's is not kept."""
+
     model: MultiTower
-    train_transform: ImageTransform
     eval_transform: ImageTransform
     tokenizer: Tokenizer
     preprocess: dict = field(default_factory=dict)  # open_clip's preprocess cfg: size, mean, std, interpolation
@@ -70,7 +72,7 @@ def build_model(config: ModelConfig) -> BuiltModel:
     # force_custom_text gives the text tower its own module (clip.text), so each tower is one nn.Module.
     # nonscalar_logit_scale makes scale and bias shape [1]: DeepSpeed 0.19's start-up broadcast views every
     # parameter as bytes, which fails on 0-dim tensors. Export squeezes them back to open_clip's scalars.
-    clip, train_transform, eval_transform = open_clip.create_model_and_transforms(
+    clip, _, eval_transform = open_clip.create_model_and_transforms(
         config.name, pretrained=config.pretrained, force_custom_text=True, nonscalar_logit_scale=True,
         **head_kwargs)
     model = MultiTower(
@@ -81,5 +83,5 @@ def build_model(config: ModelConfig) -> BuiltModel:
     )
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built %s: %.2fM parameters", config.name, n_params / 1e6)
-    return BuiltModel(model, train_transform, eval_transform, open_clip.get_tokenizer(config.name),
+    return BuiltModel(model, eval_transform, open_clip.get_tokenizer(config.name),
                       dict(open_clip.get_model_preprocess_cfg(clip)))
