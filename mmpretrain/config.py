@@ -13,9 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpretrain.data.augment import check_augment
-from mmpretrain.data.config import DataConfig, check_data_config
-from mmpretrain.data.safe_tar import check_shard_spec
+from mmpretrain.data.config import DataConfig
 from mmpretrain.engine.factory import EngineConfig, optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
@@ -124,10 +122,6 @@ def _validate(config: RunConfig, source: str) -> None:
         "train.log_every": config.train.log_every > 0,
         "train.accum_steps": config.train.accum_steps >= 1,
         "train.checkpoint_every": config.train.checkpoint_every >= 0,
-        "data.batch_size": config.data.batch_size > 1,  # a contrastive batch needs negatives
-        "data.num_workers": config.data.num_workers >= 0,
-        "data.positives_per_sample": config.data.positives_per_sample >= 1,
-        "data.negatives_per_sample": config.data.negatives_per_sample >= 0,
         "loss.chunk_size": config.loss.chunk_size is None or config.loss.chunk_size > 0,
         "optim.lr": config.optim.lr > 0,
         "optim.warmup_steps": config.optim.warmup_steps >= 0,
@@ -144,10 +138,7 @@ def _validate(config: RunConfig, source: str) -> None:
     try:
         validate_tasks(config.eval)
         optimizer_impl(config.optim, config.engine)
-        check_data_config(config.data)
-        check_augment(config.data.augment)
-        for spec in [*config.data.train, *(s for source in config.data.sources for s in source.shards)]:
-            check_shard_spec(spec, config.data.allow_shell_urls)
+        config.data.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

@@ -81,3 +81,22 @@ def test_every_shipped_config_loads():
     for path in sorted(Path("configs").rglob("*.yaml")):
         if "deepspeed" not in path.parts:
             load_config(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.batch_size=1"], r"data.batch_size: invalid value 1 \(expected > 1"),
+    (["data.num_workers=-1"], "data.num_workers: invalid value -1"),
+    (["data.shuffle_buffer=-5"], "data.shuffle_buffer: invalid value -5"),
+    (["data.positives_per_sample=0"], "data.positives_per_sample: invalid value 0"),
+    (["data.max_skip_fraction=1.5"], r"data.max_skip_fraction must be in \[0, 1\]"),
+    (["data.limits.min_side=0"], "data.limits: max_member_bytes, max_pixels and min_side must be >= 1"),
+    (["data.augment.scale=[0.5]"], "data.augment.scale must be"),
+    (["data.train=[a]", "data.sources=[{name: b, shards: [b]}]"], "data.train and data.sources are both set"),
+    (["data.sources=[{name: b, shards: [b]}, {name: b, shards: [c]}]"], "names must be unique"),
+    (["data.sources=[{name: b, shards: [b], weight: 0}]"], "source 'b' needs a weight > 0"),
+    (["data.train=['pipe:cat x.tar']"], "refusing shard URL"),
+])
+def test_each_section_checks_its_values_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, overrides)
+    assert str(info.value).startswith("config + overrides: ") and "\n" not in str(info.value)
