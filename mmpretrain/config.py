@@ -122,7 +122,6 @@ def _validate(config: RunConfig, source: str) -> None:
         "train.log_every": config.train.log_every > 0,
         "train.accum_steps": config.train.accum_steps >= 1,
         "train.checkpoint_every": config.train.checkpoint_every >= 0,
-        "loss.chunk_size": config.loss.chunk_size is None or config.loss.chunk_size > 0,
         "optim.lr": config.optim.lr > 0,
         "optim.warmup_steps": config.optim.warmup_steps >= 0,
     }
@@ -139,6 +138,7 @@ def _validate(config: RunConfig, source: str) -> None:
         validate_tasks(config.eval)
         optimizer_impl(config.optim, config.engine)
         config.data.validate()
+        config.loss.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

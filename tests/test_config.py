@@ -95,6 +95,7 @@ def test_every_shipped_config_loads():
     (["data.sources=[{name: b, shards: [b]}, {name: b, shards: [c]}]"], "names must be unique"),
     (["data.sources=[{name: b, shards: [b], weight: 0}]"], "source 'b' needs a weight > 0"),
     (["data.train=['pipe:cat x.tar']"], "refusing shard URL"),
+    (["loss.chunk_size=0"], "loss.chunk_size must be a positive integer or None, got 0"),
 ])
 def test_each_section_checks_its_values_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
