@@ -122,8 +122,6 @@ def _validate(config: RunConfig, source: str) -> None:
         "train.log_every": config.train.log_every > 0,
         "train.accum_steps": config.train.accum_steps >= 1,
         "train.checkpoint_every": config.train.checkpoint_every >= 0,
-        "optim.lr": config.optim.lr > 0,
-        "optim.warmup_steps": config.optim.warmup_steps >= 0,
     }
     for key, ok in checks.items():
         if not ok:
@@ -132,13 +130,12 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.loss.name == "siglip" and config.model.init_logit_bias is None:
         raise ConfigError(f"{source}: loss.name=siglip needs the learnable bias: set model.init_logit_bias "
                           "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
-    if len(config.optim.betas) != 2:
-        raise ConfigError(f"{source}: optim.betas: two values expected, got {list(config.optim.betas)}")
     try:
         validate_tasks(config.eval)
         optimizer_impl(config.optim, config.engine)
         config.data.validate()
         config.loss.validate()
+        config.optim.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

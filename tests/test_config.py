@@ -96,6 +96,15 @@ def test_every_shipped_config_loads():
     (["data.sources=[{name: b, shards: [b], weight: 0}]"], "source 'b' needs a weight > 0"),
     (["data.train=['pipe:cat x.tar']"], "refusing shard URL"),
     (["loss.chunk_size=0"], "loss.chunk_size must be a positive integer or None, got 0"),
+    (["optim.lr=0"], "optim.lr: invalid value 0"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay: invalid value -0.1"),
+    (["optim.betas=[0.9]"], r"optim.betas: two values in \[0, 1\) expected, got \[0.9\]"),
+    (["optim.betas=[0.9, 1.5]"], "optim.betas: two values"),
+    (["optim.eps=0"], "optim.eps: invalid value 0"),
+    (["optim.warmup_steps=-1"], "optim.warmup_steps: invalid value -1"),
+    (["optim.min_lr_ratio=1.5"], r"optim.min_lr_ratio: invalid value 1.5 \(expected in \[0, 1\]\)"),
+    (["optim.min_lr_ratio=-0.1"], "optim.min_lr_ratio: invalid value -0.1"),
+    (["optim.grad_clip=-1"], "optim.grad_clip: invalid value -1"),
 ])
 def test_each_section_checks_its_values_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
