@@ -133,6 +133,7 @@ def _validate(config: RunConfig, source: str) -> None:
     try:
         validate_tasks(config.eval)
         optimizer_impl(config.optim, config.engine)
+        config.model.validate()
         config.data.validate()
         config.loss.validate()
         config.optim.validate()
