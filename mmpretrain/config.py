@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmpretrain.data.config import DataConfig
-from mmpretrain.engine.factory import EngineConfig, optimizer_impl
+from mmpretrain.engine.config import EngineConfig
+from mmpretrain.engine.factory import optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
 from mmpretrain.errors import ConfigError
@@ -137,6 +138,7 @@ def _validate(config: RunConfig, source: str) -> None:
         config.data.validate()
         config.loss.validate()
         config.optim.validate()
+        config.engine.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
