@@ -139,6 +139,7 @@ def _validate(config: RunConfig, source: str) -> None:
         config.loss.validate()
         config.optim.validate()
         config.engine.validate()
+        config.logging.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

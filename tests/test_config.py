@@ -98,6 +98,7 @@ def test_every_shipped_config_loads():
     (["model.name=no-such-model"], "model.name: unknown model 'no-such-model'"),
     (["model.max_logit_scale=0"], "model.max_logit_scale: invalid value 0"),
     (["engine.name=deepspeed", "engine.deepspeed_config=''"], "engine.deepspeed_config is empty"),
+    (["logging.wandb=true", "logging.wandb_project=''"], "logging.wandb_project is empty"),
     (["loss.chunk_size=0"], "loss.chunk_size must be a positive integer or None, got 0"),
     (["optim.lr=0"], "optim.lr: invalid value 0"),
     (["optim.weight_decay=-0.1"], "optim.weight_decay: invalid value -0.1"),
