@@ -19,7 +19,7 @@ from mmpretrain.engine.factory import optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
 from mmpretrain.errors import ConfigError
-from mmpretrain.eval.harness import EvalConfig, validate_tasks
+from mmpretrain.eval.harness import EvalConfig
 from mmpretrain.losses.modules import LossConfig
 from mmpretrain.models.towers import ModelConfig
 
@@ -132,7 +132,6 @@ def _validate(config: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: loss.name=siglip needs the learnable bias: set model.init_logit_bias "
                           "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
     try:
-        validate_tasks(config.eval)
         optimizer_impl(config.optim, config.engine)
         config.model.validate()
         config.data.validate()
@@ -140,6 +139,7 @@ def _validate(config: RunConfig, source: str) -> None:
         config.optim.validate()
         config.engine.validate()
         config.logging.validate()
+        config.eval.validate()
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
