@@ -95,6 +95,13 @@ def test_every_shipped_config_loads():
     (["data.sources=[{name: b, shards: [b]}, {name: b, shards: [c]}]"], "names must be unique"),
     (["data.sources=[{name: b, shards: [b], weight: 0}]"], "source 'b' needs a weight > 0"),
     (["data.train=['pipe:cat x.tar']"], "refusing shard URL"),
+    (["run_name=''"], "run_name: invalid value ''"),
+    (["run_name=.."], "run_name: invalid value '..'"),
+    (["run_name=a/b"], "run_name: invalid value 'a/b'"),
+    (["train.steps=0"], "train.steps: invalid value 0"),
+    (["train.accum_steps=0"], "train.accum_steps: invalid value 0"),
+    (["train.checkpoint_every=-1"], "train.checkpoint_every: invalid value -1"),
+    (["train.keep_checkpoints=0"], r"train.keep_checkpoints: invalid value 0 \(expected >= 1\)"),
     (["model.name=no-such-model"], "model.name: unknown model 'no-such-model'"),
     (["model.max_logit_scale=0"], "model.max_logit_scale: invalid value 0"),
     (["engine.name=deepspeed", "engine.deepspeed_config=''"], "engine.deepspeed_config is empty"),
@@ -119,3 +126,23 @@ def test_each_section_checks_its_values_at_load(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(None, overrides)
     assert str(info.value).startswith("config + overrides: ") and "\n" not in str(info.value)
+
+
+def test_rules_that_span_sections(tmp_path):
+    with pytest.raises(ConfigError, match="loss.name=siglip needs the learnable bias"):
+        load_config(None, ["loss.name=siglip"])
+    load_config(None, ["loss.name=siglip", "model.init_logit_bias=-10"])
+    with pytest.raises(ConfigError, match="engine.offload_optimizer needs engine.name=deepspeed"):
+        load_config(None, ["engine.offload_optimizer=true"])
+    with pytest.raises(ConfigError, match=r"run.yaml: engine.offload_optimizer needs DeepSpeed.s CPU AdamW.*optim.impl=auto"):
+        load_config(write(tmp_path, "engine: {name: deepspeed, offload_optimizer: true}\noptim: {impl: torch}\n"))
+
+
+def test_every_section_validates_itself():
+    """RunConfig.validate walks the sections; each has its own validate() (none is skipped)."""
+    from dataclasses import fields, is_dataclass
+
+    config = RunConfig()
+    sections = [getattr(config, f.name) for f in fields(config) if is_dataclass(getattr(config, f.name))]
+    assert len(sections) == 8 and all(callable(getattr(s, "validate", None)) for s in sections)
+    config.validate()
