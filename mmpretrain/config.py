@@ -1,11 +1,12 @@
-"""The run config: typed dataclasses (each defined beside the component it configures), loaded from YAML and
-overridden with `key.sub=value` arguments. Strict: an unknown key or a wrong type is a one-line ConfigError
-naming the key and where it came from, raised before any work starts."""
+"""The run config: typed dataclasses (each defined beside the component it configures, with a `validate()` for
+its own values), loaded from YAML and overridden with `key.sub=value` arguments. Strict: an unknown key, a wrong
+type or a value out of range is a one-line ConfigError naming the key and where it came from, raised before any
+work starts. Only the rules that span sections live here (RunConfig.validate)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,14 +14,13 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpretrain.data.augment import check_augment
-from mmpretrain.data.config import DataConfig, check_data_config
-from mmpretrain.data.safe_tar import check_shard_spec
-from mmpretrain.engine.factory import EngineConfig, optimizer_impl
+from mmpretrain.data.config import DataConfig
+from mmpretrain.engine.config import EngineConfig
+from mmpretrain.engine.factory import optimizer_impl
 from mmpretrain.engine.metrics import LoggingConfig
 from mmpretrain.engine.schedule import OptimConfig
-from mmpretrain.errors import ConfigError
-from mmpretrain.eval.harness import EvalConfig, validate_tasks
+from mmpretrain.errors import ConfigError, require
+from mmpretrain.eval.harness import EvalConfig
 from mmpretrain.losses.modules import LossConfig
 from mmpretrain.models.towers import ModelConfig
 
@@ -37,8 +37,16 @@ class TrainConfig:
     accum_steps: int = 1                          # micro-batches per step, contrasted as ONE batch (GradCache)
     log_every: int = 10
     checkpoint_every: int = 0                     # 0 = only at the end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2                     # the newest this many are kept
     progress: bool = True
+
+    def validate(self) -> None:
+        require(self.steps > 0, "train.steps", self.steps, "> 0")
+        require(self.accum_steps >= 1, "train.accum_steps", self.accum_steps, ">= 1")
+        require(self.log_every > 0, "train.log_every", self.log_every, "> 0")
+        require(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every,
+                ">= 0 (0: only at the end)")
+        require(self.keep_checkpoints >= 1, "train.keep_checkpoints", self.keep_checkpoints, ">= 1")
 
 
 @dataclass
@@ -58,6 +66,21 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
+
+    def validate(self) -> None:
+        """Each section's own rules (its `validate()`, beside its fields), then the rules that span sections."""
+        # One directory under output_dir: `train --overwrite` deletes the run directory, so "", "." or ".."
+        # would delete output_dir or its parent.
+        require(self.run_name not in ("", ".", "..") and not any(sep in self.run_name for sep in "/\\"),
+                "run_name", self.run_name, "a directory name under output_dir, without / or \\")
+        for section in fields(self):
+            value = getattr(self, section.name)
+            if is_dataclass(value):
+                value.validate()
+        if self.loss.name == "siglip" and self.model.init_logit_bias is None:
+            raise ConfigError("loss.name=siglip needs the learnable bias: set model.init_logit_bias "
+                              "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
+        optimizer_impl(self.optim, self.engine)  # optim.impl against engine.offload_optimizer
 
 
 def _one_line(error: OmegaConfBaseException) -> str:
@@ -112,44 +135,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path or 'config'}: {_one_line(e)}") from None
-    source = str(path or "config") + (" + overrides" if overrides else "")
-    _validate(config, source)
-    return config
-
-
-def _validate(config: RunConfig, source: str) -> None:
-    """Value checks that types alone cannot express."""
-    checks = {
-        "train.steps": config.train.steps > 0,
-        "train.log_every": config.train.log_every > 0,
-        "train.accum_steps": config.train.accum_steps >= 1,
-        "train.checkpoint_every": config.train.checkpoint_every >= 0,
-        "data.batch_size": config.data.batch_size > 1,  # a contrastive batch needs negatives
-        "data.num_workers": config.data.num_workers >= 0,
-        "data.positives_per_sample": config.data.positives_per_sample >= 1,
-        "data.negatives_per_sample": config.data.negatives_per_sample >= 0,
-        "loss.chunk_size": config.loss.chunk_size is None or config.loss.chunk_size > 0,
-        "optim.lr": config.optim.lr > 0,
-        "optim.warmup_steps": config.optim.warmup_steps >= 0,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            value = OmegaConf.select(OmegaConf.structured(config), key)
-            raise ConfigError(f"{source}: {key}: invalid value {value!r}")
-    if config.loss.name == "siglip" and config.model.init_logit_bias is None:
-        raise ConfigError(f"{source}: loss.name=siglip needs the learnable bias: set model.init_logit_bias "
-                          "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
-    if len(config.optim.betas) != 2:
-        raise ConfigError(f"{source}: optim.betas: two values expected, got {list(config.optim.betas)}")
     try:
-        validate_tasks(config.eval)
-        optimizer_impl(config.optim, config.engine)
-        check_data_config(config.data)
-        check_augment(config.data.augment)
-        for spec in [*config.data.train, *(s for source in config.data.sources for s in source.shards)]:
-            check_shard_spec(spec, config.data.allow_shell_urls)
+        config.validate()
     except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
+        raise ConfigError(f"{path or 'config'}{' + overrides' if overrides else ''}: {e}") from None
+    return config
 
 
 def config_to_yaml(config: RunConfig) -> str:

@@ -7,3 +7,9 @@ class ConfigError(ValueError):
 
 class DataError(RuntimeError):
     """Training data that cannot be used: too many bad samples, a source with nothing readable in it."""
+
+
+def require(ok: bool, key: str, value: object, expected: str) -> None:
+    """A config section's value check: unless `ok`, a one-line ConfigError naming `key`, its value and the range."""
+    if not ok:
+        raise ConfigError(f"{key}: invalid value {value!r} (expected {expected})")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpretrain.data.augment import AugmentConfig, build_train_transform, check_augment
+from mmpretrain.data.augment import AugmentConfig, build_train_transform
 from mmpretrain.data.decode import open_image
 from mmpretrain.errors import ConfigError
 
@@ -88,4 +88,4 @@ def test_augmentation_recipe_reaches_the_transform():
 ])
 def test_bad_recipes_are_refused(config, message):
     with pytest.raises(ConfigError, match=message):
-        check_augment(config)
+        config.validate()

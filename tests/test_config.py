@@ -81,3 +81,68 @@ def test_every_shipped_config_loads():
     for path in sorted(Path("configs").rglob("*.yaml")):
         if "deepspeed" not in path.parts:
             load_config(path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.batch_size=1"], r"data.batch_size: invalid value 1 \(expected > 1"),
+    (["data.num_workers=-1"], "data.num_workers: invalid value -1"),
+    (["data.shuffle_buffer=-5"], "data.shuffle_buffer: invalid value -5"),
+    (["data.positives_per_sample=0"], "data.positives_per_sample: invalid value 0"),
+    (["data.max_skip_fraction=1.5"], r"data.max_skip_fraction must be in \[0, 1\]"),
+    (["data.limits.min_side=0"], "data.limits: max_member_bytes, max_pixels and min_side must be >= 1"),
+    (["data.augment.scale=[0.5]"], "data.augment.scale must be"),
+    (["data.train=[a]", "data.sources=[{name: b, shards: [b]}]"], "data.train and data.sources are both set"),
+    (["data.sources=[{name: b, shards: [b]}, {name: b, shards: [c]}]"], "names must be unique"),
+    (["data.sources=[{name: b, shards: [b], weight: 0}]"], "source 'b' needs a weight > 0"),
+    (["data.train=['pipe:cat x.tar']"], "refusing shard URL"),
+    (["run_name=''"], "run_name: invalid value ''"),
+    (["run_name=.."], "run_name: invalid value '..'"),
+    (["run_name=a/b"], "run_name: invalid value 'a/b'"),
+    (["train.steps=0"], "train.steps: invalid value 0"),
+    (["train.accum_steps=0"], "train.accum_steps: invalid value 0"),
+    (["train.checkpoint_every=-1"], "train.checkpoint_every: invalid value -1"),
+    (["train.keep_checkpoints=0"], r"train.keep_checkpoints: invalid value 0 \(expected >= 1\)"),
+    (["model.name=no-such-model"], "model.name: unknown model 'no-such-model'"),
+    (["model.max_logit_scale=0"], "model.max_logit_scale: invalid value 0"),
+    (["engine.name=deepspeed", "engine.deepspeed_config=''"], "engine.deepspeed_config is empty"),
+    (["logging.wandb=true", "logging.wandb_project=''"], "logging.wandb_project is empty"),
+    (["eval.every_steps=-1"], "eval.every_steps: invalid value -1"),
+    (["eval.batch_size=0"], "eval.batch_size: invalid value 0"),
+    (["eval.tasks=[{name: d, kind: retrieval, data: x, max_samples: 0}]"], r"eval task 0 \('d'\): max_samples"),
+    (["eval.tasks=[{name: d, kind: retrieval, data: x}, {name: d, kind: retrieval, data: y}]"],
+     r"eval task 1 \('d'\): another retrieval task has the same name"),
+    (["loss.chunk_size=0"], "loss.chunk_size must be a positive integer or None, got 0"),
+    (["optim.lr=0"], "optim.lr: invalid value 0"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay: invalid value -0.1"),
+    (["optim.betas=[0.9]"], r"optim.betas: two values in \[0, 1\) expected, got \[0.9\]"),
+    (["optim.betas=[0.9, 1.5]"], "optim.betas: two values"),
+    (["optim.eps=0"], "optim.eps: invalid value 0"),
+    (["optim.warmup_steps=-1"], "optim.warmup_steps: invalid value -1"),
+    (["optim.min_lr_ratio=1.5"], r"optim.min_lr_ratio: invalid value 1.5 \(expected in \[0, 1\]\)"),
+    (["optim.min_lr_ratio=-0.1"], "optim.min_lr_ratio: invalid value -0.1"),
+    (["optim.grad_clip=-1"], "optim.grad_clip: invalid value -1"),
+])
+def test_each_section_checks_its_values_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, overrides)
+    assert str(info.value).startswith("config + overrides: ") and "\n" not in str(info.value)
+
+
+def test_rules_that_span_sections(tmp_path):
+    with pytest.raises(ConfigError, match="loss.name=siglip needs the learnable bias"):
+        load_config(None, ["loss.name=siglip"])
+    load_config(None, ["loss.name=siglip", "model.init_logit_bias=-10"])
+    with pytest.raises(ConfigError, match="engine.offload_optimizer needs engine.name=deepspeed"):
+        load_config(None, ["engine.offload_optimizer=true"])
+    with pytest.raises(ConfigError, match=r"run.yaml: engine.offload_optimizer needs DeepSpeed.s CPU AdamW.*optim.impl=auto"):
+        load_config(write(tmp_path, "engine: {name: deepspeed, offload_optimizer: true}\noptim: {impl: torch}\n"))
+
+
+def test_every_section_validates_itself():
+    """RunConfig.validate walks the sections; each has its own validate() (none is skipped)."""
+    from dataclasses import fields, is_dataclass
+
+    config = RunConfig()
+    sections = [getattr(config, f.name) for f in fields(config) if is_dataclass(getattr(config, f.name))]
+    assert len(sections) == 8 and all(callable(getattr(s, "validate", None)) for s in sections)
+    config.validate()

@@ -155,3 +155,20 @@ def test_image_folders_load_for_zeroshot_and_retrieval(tmp_path: Path, tiny_clip
     ])
     results = run_eval(model, transform, tokenizer, config, progress=False)
     assert "zeroshot/folder/top1" in results and "retrieval/folder/text_to_image_R@1" in results
+
+
+def test_evaluate_model_takes_the_sections_not_the_run_config(colour_shards: Path, tmp_path: Path) -> None:
+    from mmpretrain.errors import ConfigError
+    from mmpretrain.eval.evaluate import evaluate_model
+    from mmpretrain.models import ModelConfig
+
+    model = ModelConfig(name="mmp-test-micro")
+    tasks = EvalConfig(tasks=[EvalTaskConfig(name="colours", kind="retrieval", data=str(colour_shards))],
+                       batch_size=8)
+    results = evaluate_model(model, tasks, tmp_path / "out.json", device="cpu", progress=False)
+    assert set(results) >= {"retrieval/colours/image_to_text_R@1"}
+    assert json.loads((tmp_path / "out.json").read_text()) == pytest.approx(results)
+    saved = OmegaConf.load(tmp_path / "eval_config.yaml")  # the two sections, when no record is given
+    assert set(saved) == {"model", "eval"} and saved.model.name == "mmp-test-micro"
+    with pytest.raises(ConfigError, match="eval.tasks is empty"):
+        evaluate_model(model, EvalConfig(), tmp_path / "none.json")

@@ -147,3 +147,22 @@ def test_export_modes_follow_the_umask(tmp_path: Path, umask: int, dir_mode: int
     assert stat.S_IMODE(out.stat().st_mode) == dir_mode
     files = sorted(out.iterdir())
     assert len(files) == 3 and all(stat.S_IMODE(f.stat().st_mode) == file_mode for f in files), files
+
+
+def test_export_reads_the_model_section_of_config_yaml_when_the_checkpoint_has_none(tmp_path: Path) -> None:
+    from mmpretrain.config import save_config
+    from mmpretrain.errors import ConfigError
+
+    ours = _trained_run(tmp_path / "run", bias=-10.0)
+    path = tmp_path / "run" / "checkpoints" / "step-000000003.pt"
+    state = torch.load(path, weights_only=True)
+    save_config(load_config(None, ["model.name=mmp-test-micro", "model.init_logit_bias=-10"]),
+                tmp_path / "run" / "config.yaml")
+    torch.save({k: v for k, v in state.items() if k != "config"}, path)
+    out = export_open_clip(path, tmp_path / "export", formats=("bin",))
+    assert json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["init_logit_bias"] == -10.0
+    _assert_same_embeddings(ours, open_clip.create_model("local-dir:" + str(out)))
+
+    (tmp_path / "run" / "config.yaml").write_text("model: {name: mmp-test-micro, max_logit_scale: big}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: model.max_logit_scale: .*big"):
+        export_open_clip(path, tmp_path / "export2")

@@ -278,3 +278,7 @@ def test_build_loss_from_a_structured_yaml_config():
     assert isinstance(build_loss(LossConfig()), ClipLoss) and build_loss(LossConfig()).chunk_size is None
     with pytest.raises(ValueError, match="chunk_size"):
         ClipLoss(chunk_size=0)
+    with pytest.raises(ValueError, match="loss.chunk_size must be a positive integer"):
+        build_loss(LossConfig(chunk_size=-1))  # a section built in code gets the config's check
+    with pytest.raises(ValueError, match="loss.name: unknown loss 'focal'"):
+        build_loss(LossConfig(name="focal"))  # type: ignore[arg-type]

@@ -36,6 +36,15 @@ def test_scheduler_follows_the_formula():
     assert seen == pytest.approx([warmup_cosine(s, 2, 6, 0.0) for s in range(6)])
 
 
+def test_optimizer_built_in_code_gets_the_config_checks():
+    from mmpretrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.betas: two values"):
+        build_torch_adamw(torch.nn.Linear(2, 2), OptimConfig(betas=[0.9]))
+    with pytest.raises(ConfigError, match="optim.weight_decay"):
+        build_torch_adamw(torch.nn.Linear(2, 2), OptimConfig(weight_decay=-1.0))
+
+
 def test_optimizer_choice_and_refusals():
     from mmpretrain.engine.factory import EngineConfig, optimizer_impl
     from mmpretrain.errors import ConfigError

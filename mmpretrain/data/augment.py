@@ -44,16 +44,15 @@ class AugmentConfig:
     reduced_jpeg_decode: bool = True  # decode big JPEGs at 1/2..1/8 scale, never below the crop's output size
     uint8_transfer: bool = True       # workers hand over uint8 images, normalised on the training device
 
-
-def check_augment(config: AugmentConfig) -> None:
-    if len(config.scale) != 2 or not 0 < config.scale[0] <= config.scale[1] <= 1:
-        raise ConfigError(f"data.augment.scale must be [low, high] with 0 < low <= high <= 1, got {config.scale}")
-    if config.color_jitter_prob > 0 and (config.color_jitter is None or len(config.color_jitter) != 4):
-        raise ConfigError("data.augment.color_jitter_prob > 0 needs data.augment.color_jitter = "
-                          "[brightness, contrast, saturation, hue]")
-    for key in ("color_jitter_prob", "grayscale_prob"):
-        if not 0 <= getattr(config, key) <= 1:
-            raise ConfigError(f"data.augment.{key} must be in [0, 1], got {getattr(config, key)}")
+    def validate(self) -> None:
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"data.augment.scale must be [low, high] with 0 < low <= high <= 1, got {self.scale}")
+        if self.color_jitter_prob > 0 and (self.color_jitter is None or len(self.color_jitter) != 4):
+            raise ConfigError("data.augment.color_jitter_prob > 0 needs data.augment.color_jitter = "
+                              "[brightness, contrast, saturation, hue]")
+        for key in ("color_jitter_prob", "grayscale_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"data.augment.{key} must be in [0, 1], got {getattr(self, key)}")
 
 
 class ImageNormalizer(nn.Module):
@@ -124,7 +123,7 @@ def _is_to_tensor_then_normalize(tail: Sequence[object]) -> bool:
 
 def build_train_transform(preprocess: Mapping[str, Any], config: AugmentConfig) -> CropFirstTransform:
     """The model's train transform (its size, mean, std, interpolation) with this augmentation recipe."""
-    check_augment(config)
+    config.validate()
     aug = open_clip.AugmentationCfg(
         scale=(config.scale[0], config.scale[1]),
         color_jitter=tuple(config.color_jitter) if config.color_jitter_prob > 0 else None,

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from mmpretrain.data.augment import AugmentConfig
 from mmpretrain.data.skips import SampleLimits
-from mmpretrain.data.sources import SourceConfig
+from mmpretrain.data.sources import SourceConfig, named_sources
 from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, require
 
 
 @dataclass
@@ -32,6 +32,22 @@ class DataConfig:
     stages: list[str] = field(default_factory=list)  # per-sample stages by registered name (data/stages.py);
     #                                                  empty: the image-text default (+ negatives when asked)
 
+    def validate(self) -> None:
+        """Every rule of this section and its nested ones. An empty data.train passes: a config may only evaluate
+        (the training stream refuses it)."""
+        require(self.batch_size > 1, "data.batch_size", self.batch_size, "> 1: a contrastive batch needs negatives")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
+        require(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer, ">= 0 (0 or 1: no shuffling)")
+        require(self.positives_per_sample >= 1, "data.positives_per_sample", self.positives_per_sample, ">= 1")
+        require(self.negatives_per_sample >= 0, "data.negatives_per_sample", self.negatives_per_sample, ">= 0")
+        if not 0 <= self.max_skip_fraction <= 1:
+            raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
+        if self.skip_window < 1:
+            raise ConfigError(f"data.skip_window must be >= 1, got {self.skip_window}")
+        self.augment.validate()
+        self.limits.validate()
+        named_sources(self.train, self.sources, self.allow_shell_urls)
+
 
 def declared_members(config: DataConfig) -> frozenset[str]:
     """The only members of a sample that are kept and decoded in training."""
@@ -40,11 +56,5 @@ def declared_members(config: DataConfig) -> frozenset[str]:
 
 
 def check_data_config(config: DataConfig) -> None:
-    if not 0 <= config.max_skip_fraction <= 1:
-        raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {config.max_skip_fraction}")
-    if config.skip_window < 1:
-        raise ConfigError(f"data.skip_window must be >= 1, got {config.skip_window}")
-    limits = config.limits
-    if min(limits.max_member_bytes, limits.max_pixels, limits.min_side) < 1 or limits.max_aspect_ratio < 1:
-        raise ConfigError(f"data.limits: max_member_bytes, max_pixels and min_side must be >= 1 and "
-                          f"max_aspect_ratio >= 1, got {limits}")
+    """What pipeline.build_train_loader calls for callers that build a DataConfig themselves."""
+    config.validate()

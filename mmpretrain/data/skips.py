@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from mmpretrain.errors import DataError
+from mmpretrain.errors import ConfigError, DataError
 
 SKIP_REASONS = (
     "member_too_large",   # a declared member over data.limits.max_member_bytes (never read into memory)
@@ -40,6 +40,11 @@ class SampleLimits:
     max_pixels: int = 50_000_000       # width x height, read from the header before any pixel is decoded
     min_side: int = 8                  # shorter side, in pixels
     max_aspect_ratio: float = 10.0     # longer side / shorter side
+
+    def validate(self) -> None:
+        if min(self.max_member_bytes, self.max_pixels, self.min_side) < 1 or self.max_aspect_ratio < 1:
+            raise ConfigError(f"data.limits: max_member_bytes, max_pixels and min_side must be >= 1 and "
+                              f"max_aspect_ratio >= 1, got {self}")
 
 
 class SampleSkipped(ValueError):

@@ -27,6 +27,16 @@ class SourceConfig:
     shards: list[str] = field(default_factory=list)
     weight: float = 1.0
 
+    def validate(self, allow_shell_urls: bool, name: Optional[str] = None) -> None:
+        """`name`: what errors call the source (default: its own name)."""
+        name = self.name if name is None else name
+        if not self.shards:
+            raise ConfigError(f"data.sources: source {name!r} has no shards")
+        if not self.weight > 0:
+            raise ConfigError(f"data.sources: source {name!r} needs a weight > 0, got {self.weight}")
+        for spec in self.shards:
+            check_shard_spec(spec, allow_shell_urls)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -40,28 +50,31 @@ class Source:
         return None if self.sizes is None else sum(self.sizes.values())
 
 
-def resolve_sources(train: list[str], sources: list[SourceConfig], allow_shell_urls: bool) -> list[Source]:
-    """`data.train` (one source) or `data.sources` (a weighted mixture): exactly one of them."""
+def named_sources(train: list[str], sources: list[SourceConfig], allow_shell_urls: bool
+                  ) -> list[tuple[str, SourceConfig]]:
+    """`data.train` (one source, named "train") or `data.sources` (a weighted mixture), never both, each source
+    checked, with the names it is reported under. Empty when neither is set (a config that only evaluates)."""
     if train and sources:
         raise ConfigError("data.train and data.sources are both set: use data.train for one source, "
                           "data.sources for a weighted mixture")
     configs = sources or ([SourceConfig(name="train", shards=train)] if train else [])
-    if not configs:
-        raise ConfigError("data.train is empty: give at least one shard directory, glob or brace pattern "
-                          "(or data.sources for a mixture)")
     names = [c.name or f"source{i}" for i, c in enumerate(configs)]
     if len(set(names)) != len(names):
         raise ConfigError(f"data.sources: names must be unique, got {names}")
     for name, config in zip(names, configs):
-        if not config.shards:
-            raise ConfigError(f"data.sources: source {name!r} has no shards")
-        if not config.weight > 0:
-            raise ConfigError(f"data.sources: source {name!r} needs a weight > 0, got {config.weight}")
-        for spec in config.shards:
-            check_shard_spec(spec, allow_shell_urls)
-    total = sum(c.weight for c in configs)
+        config.validate(allow_shell_urls, name)
+    return list(zip(names, configs))
+
+
+def resolve_sources(train: list[str], sources: list[SourceConfig], allow_shell_urls: bool) -> list[Source]:
+    """`data.train` (one source) or `data.sources` (a weighted mixture): exactly one of them."""
+    named = named_sources(train, sources, allow_shell_urls)
+    if not named:
+        raise ConfigError("data.train is empty: give at least one shard directory, glob or brace pattern "
+                          "(or data.sources for a mixture)")
+    total = sum(config.weight for _, config in named)
     resolved = []
-    for name, config in zip(names, configs):
+    for name, config in named:
         shards = [s for spec in config.shards for s in _expand(spec)]
         resolved.append(Source(name, shards, config.weight / total, read_shard_sizes(shards)))
     return resolved

@@ -23,11 +23,14 @@ from typing import Any, Mapping
 
 import open_clip
 import torch
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-from mmpretrain.config import config_to_dict, load_config
 from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint, model_state
-from mmpretrain.models.towers import register_project_configs
+from mmpretrain.errors import ConfigError
+from mmpretrain.models.towers import ModelConfig, register_project_configs
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHT_NAMES = {"safetensors": "open_clip_model.safetensors", "bin": "open_clip_pytorch_model.bin"}
@@ -115,7 +118,15 @@ def _model_section(checkpoint: Mapping[str, Any], checkpoint_file: Path) -> dict
     run_yaml = checkpoint_file.resolve().parent.parent / "config.yaml"
     if not run_yaml.is_file():
         raise FileNotFoundError(f"{checkpoint_file} holds no config and there is no {run_yaml}")
-    return dict(config_to_dict(load_config(run_yaml))["model"])
+    # Only the model section is read, typed against ModelConfig (with its defaults): export needs nothing else.
+    try:
+        saved = OmegaConf.to_container(OmegaConf.create(yaml.safe_load(run_yaml.read_text(encoding="utf-8")) or {}),
+                                       resolve=True)
+        model = OmegaConf.merge(OmegaConf.structured(ModelConfig), saved.get("model") or {})  # type: ignore[union-attr]
+        return dict(OmegaConf.to_container(model))  # type: ignore[arg-type]
+    except (yaml.YAMLError, OmegaConfBaseException, AttributeError) as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{run_yaml}: {f'model.{key}: ' if key else ''}{str(e).splitlines()[0]}") from None
 
 
 def _open_clip_config(model_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

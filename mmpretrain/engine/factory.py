@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
 
 from mmpretrain.engine.base import Engine
+from mmpretrain.engine.config import EngineConfig
 from mmpretrain.engine.local import LocalEngine
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.engine.schedule import OptimConfig, build_torch_adamw, param_groups
 from mmpretrain.errors import ConfigError
-
-
-@dataclass
-class EngineConfig:
-    """`local`: one process, plain PyTorch. `deepspeed`: one process or N (torchrun / srun), ZeRO 0-3."""
-
-    name: Literal["local", "deepspeed"] = "local"
-    deepspeed_config: str = "zero2"     # a name under configs/deepspeed/ or a path to a DeepSpeed JSON
-    offload_optimizer: bool = False     # ZeRO >= 1: optimizer state in CPU memory
 
 
 def check_world_size(config: EngineConfig, world_size: int) -> None:

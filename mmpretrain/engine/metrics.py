@@ -23,6 +23,11 @@ class LoggingConfig:
     wandb_project: str = "mmpretrain"
     wandb_mode: Literal["offline", "online"] = "offline"  # offline: `wandb sync <run_dir>/wandb/offline-run-*`
 
+    def validate(self) -> None:
+        # Whether the tensorboard / wandb packages are installed is checked when the log opens (MetricsLog).
+        if self.wandb and not self.wandb_project.strip():
+            raise ConfigError("logging.wandb_project is empty: wandb needs a project name")
+
 
 def _import_or_explain(extra: str, module: str) -> Any:
     try:
@@ -36,6 +41,7 @@ class MetricsLog:
     def __init__(self, path: Path, config: Optional[LoggingConfig] = None, run_name: str = "run",
                  run_config: Optional[dict[str, Any]] = None) -> None:
         config = config or LoggingConfig()
+        config.validate()
         path.parent.mkdir(parents=True, exist_ok=True)
         # Every missing package is reported before anything is created, so a failure leaves nothing open.
         summary_writer = _import_or_explain("tensorboard", "torch.utils.tensorboard") if config.tensorboard else None

@@ -9,6 +9,8 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
+from mmpretrain.errors import ConfigError, require
+
 
 @dataclass
 class OptimConfig:
@@ -26,6 +28,17 @@ class OptimConfig:
     # Offload refuses other optimizers), torch otherwise.
     impl: Literal["auto", "torch", "deepspeed"] = "auto"
 
+    def validate(self) -> None:
+        require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ConfigError(f"optim.betas: two values in [0, 1) expected, got {list(self.betas)}")
+        require(self.eps > 0, "optim.eps", self.eps, "> 0")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        require(self.grad_clip is None or self.grad_clip >= 0, "optim.grad_clip", self.grad_clip,
+                ">= 0, or null (0 and null: no clipping)")
+
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
     """Gains, biases, class tokens and the contrastive head's scale/bias are not decayed (as in CLIP)."""
@@ -42,8 +55,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_torch_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     """torch's AdamW over the decay / no-decay groups (engine.factory.build_optimizer picks the implementation)."""
-    if len(config.betas) != 2:
-        raise ValueError(f"optim.betas must have two values, got {config.betas}")
+    config.validate()
     return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
                              betas=(config.betas[0], config.betas[1]), eps=config.eps)
 

@@ -1,29 +1,36 @@
-"""Evaluate a trained run (its newest or a given checkpoint) or a model named by a config."""
+"""Evaluate a trained run (its newest or a given checkpoint) or a model named by a config.
+
+Takes the config sections it uses (model, eval) and plain settings, not the run config: eval/ sits below
+`mmpretrain.config`, which composes every section, and does not import it.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from mmpretrain.config import RunConfig, config_to_dict
 from mmpretrain.engine.checkpoint import load_checkpoint, model_state, resolve_resume
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.errors import ConfigError
-from mmpretrain.eval.harness import run_eval, write_results
-from mmpretrain.models import build_model
+from mmpretrain.eval.harness import EvalConfig, run_eval, write_results
+from mmpretrain.models import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(config: RunConfig, run_dir: Optional[Path], checkpoint: Optional[str],
-                        out: Path) -> dict[str, float]:
-    """Run `config.eval` on the model of `checkpoint` (default: the run's newest) and write flat results."""
-    if not config.eval.tasks:
+def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path, run_dir: Optional[Path] = None,
+                   checkpoint: Optional[str] = None, device: str = "auto", progress: bool = True,
+                   record: Any = None) -> dict[str, float]:
+    """Run `eval_config` on the model of `checkpoint` (default: the newest of `run_dir`; neither given: the model
+    as built) and write the flat results to `out`, with `record` beside them (the config that produced them, a
+    dataclass or a dict; default: the two sections)."""
+    if not eval_config.tasks:
         raise ConfigError("eval.tasks is empty: nothing to evaluate")
-    built = build_model(config.model)
+    built = build_model(model_config)
     if checkpoint is not None or run_dir is not None:
         directory = run_dir / "checkpoints" if run_dir is not None else Path(".")
         path = resolve_resume(directory, checkpoint or "latest")
@@ -32,10 +39,20 @@ def evaluate_checkpoint(config: RunConfig, run_dir: Optional[Path], checkpoint: 
         built.model.load_state_dict(model_state(load_checkpoint(path)))
         log.info("evaluating %s", path)
     else:
-        log.info("evaluating %s as built (pretrained=%s)", config.model.name, config.model.pretrained)
-    device = resolve_device(config.train.device)
-    model = built.model.to(device)
-    results = run_eval(model, built.eval_transform, built.tokenizer, config.eval, device=device,
-                       progress=config.train.progress)
-    write_results(results, config_to_dict(config), out)
+        log.info("evaluating %s as built (pretrained=%s)", model_config.name, model_config.pretrained)
+    resolved: torch.device = resolve_device(device)
+    model = built.model.to(resolved)
+    results = run_eval(model, built.eval_transform, built.tokenizer, eval_config, device=resolved, progress=progress)
+    if record is None:
+        record = {"model": asdict(model_config), "eval": asdict(eval_config)}
+    write_results(results, record, out)
     return results
+
+
+def evaluate_checkpoint(config: Any, run_dir: Optional[Path], checkpoint: Optional[str], out: Path
+                        ) -> dict[str, float]:
+    """`mmpretrain eval`: `evaluate_model` with the sections of a run config (`model`, `eval`, `train.device`,
+    `train.progress`), the whole config written beside the results. `config` is a RunConfig, typed loosely so
+    that this module need not import the run config."""
+    return evaluate_model(config.model, config.eval, out, run_dir, checkpoint, device=config.train.device,
+                          progress=config.train.progress, record=config)

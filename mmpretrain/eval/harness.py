@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.skips import SkipLedger
-from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.errors import ConfigError, DataError, require
 from mmpretrain.eval.datasets import is_image_folder, load_retrieval, load_zeroshot
 from mmpretrain.eval.retrieval import retrieval_metrics
 from mmpretrain.eval.templates import get_templates
@@ -54,6 +54,28 @@ class EvalTaskConfig:
     template_set: Optional[str] = None                    # a named set from templates.py
     max_samples: Optional[int] = None  # the first N usable samples; skipped ones do not count
 
+    def validate(self, label: Optional[str] = None) -> None:
+        """`label`: what errors call the task (EvalConfig gives its index too)."""
+        label = label or f"eval task {self.name!r}"
+        if not self.name:
+            raise ConfigError(f"{label}: name is empty (it is used in the metric keys)")
+        if self.kind not in ("zeroshot", "retrieval"):
+            raise ConfigError(f"{label}: kind must be 'zeroshot' or 'retrieval', got {self.kind!r}")
+        if not self.data:
+            raise ConfigError(f"{label}: data is empty (give a shard spec or an image folder)")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"{label}: max_samples must be >= 1 or null (all), got {self.max_samples}")
+        if self.kind != "zeroshot":
+            return
+        try:
+            templates = task_templates(self)
+        except KeyError as err:
+            raise ConfigError(f"{label}: {err.args[0]}") from None
+        if not templates:
+            raise ConfigError(f"{label}: zero-shot needs templates or a template_set")
+        if not self.classnames and not is_image_folder(self.data):
+            raise ConfigError(f"{label}: zero-shot on shards needs classnames")
+
 
 @dataclass
 class EvalConfig:
@@ -63,41 +85,23 @@ class EvalConfig:
     batch_size: int = 256
     every_steps: int = 0                # 0 = only at the end of training
 
+    def validate(self) -> None:
+        """Fail before any work is done when a task cannot run; each error names the task."""
+        seen: set[tuple[str, str]] = set()
+        for index, task in enumerate(self.tasks):
+            label = f"eval task {index} ({task.name!r})"
+            task.validate(label)
+            if (task.kind, task.name) in seen:
+                raise ConfigError(f"{label}: another {task.kind} task has the same name")
+            seen.add((task.kind, task.name))
+        require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        require(self.every_steps >= 0, "eval.every_steps", self.every_steps, ">= 0 (0: only at the end)")
+
 
 def task_templates(task: EvalTaskConfig) -> list[str]:
     """The task's explicit templates followed by its named set's (either may be empty)."""
     named = get_templates(task.template_set) if task.template_set else []
     return list(task.templates) + named
-
-
-def validate_tasks(config: EvalConfig) -> None:
-    """Fail before any work is done when a task cannot run; each error names the task."""
-    seen: set[tuple[str, str]] = set()
-    for index, task in enumerate(config.tasks):
-        label = f"eval task {index} ({task.name!r})"
-        if not task.name:
-            raise ConfigError(f"{label}: name is empty (it is used in the metric keys)")
-        if task.kind not in ("zeroshot", "retrieval"):
-            raise ConfigError(f"{label}: kind must be 'zeroshot' or 'retrieval', got {task.kind!r}")
-        if (task.kind, task.name) in seen:
-            raise ConfigError(f"{label}: another {task.kind} task has the same name")
-        seen.add((task.kind, task.name))
-        if not task.data:
-            raise ConfigError(f"{label}: data is empty (give a shard spec or an image folder)")
-        if task.max_samples is not None and task.max_samples < 1:
-            raise ConfigError(f"{label}: max_samples must be >= 1 or null, got {task.max_samples}")
-        if task.kind != "zeroshot":
-            continue
-        try:
-            templates = task_templates(task)
-        except KeyError as err:
-            raise ConfigError(f"{label}: {err.args[0]}") from None
-        if not templates:
-            raise ConfigError(f"{label}: zero-shot needs templates or a template_set")
-        if not task.classnames and not is_image_folder(task.data):
-            raise ConfigError(f"{label}: zero-shot on shards needs classnames")
-    if config.batch_size < 1:
-        raise ConfigError(f"eval batch_size must be >= 1, got {config.batch_size}")
 
 
 def check_task_data(config: EvalConfig) -> None:
@@ -186,7 +190,7 @@ def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Token
 
     The model runs in eval mode without gradients and gets its previous train/eval mode back afterwards.
     """
-    validate_tasks(config)
+    config.validate()
     runners = {"zeroshot": _run_zeroshot, "retrieval": _run_retrieval}
     results: dict[str, float] = {}
     was_training = model.training

@@ -17,12 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from mmpretrain.errors import ConfigError
 from mmpretrain.losses.functional import RowLogSumExp, SoftplusSum, row_logsumexp, softplus_sum
 
 
+def check_chunk_size(chunk_size: Optional[int], key: str = "chunk_size") -> None:
+    """The one rule for a chunk: None (plain mode) or a positive number of columns. A ConfigError (a ValueError)
+    naming `key`, so `loss.chunk_size` in a config and a module's argument report alike."""
+    if chunk_size is not None and not chunk_size > 0:
+        raise ConfigError(f"{key} must be a positive integer or None, got {chunk_size}")
+
+
 def _blocks(num_columns: int, chunk: int) -> range:
-    if chunk <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk}")
+    check_chunk_size(chunk)
     return range(0, num_columns, chunk)
 
 

@@ -12,7 +12,8 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from mmpretrain.losses.blockwise import logsumexp_kernel, softplus_kernel
+from mmpretrain.errors import ConfigError
+from mmpretrain.losses.blockwise import check_chunk_size, logsumexp_kernel, softplus_kernel
 from mmpretrain.losses.distributed import (ProcessGroup, all_gather_with_grad, rank_and_world_size,
                                            ring_shift_with_grad)
 from mmpretrain.losses.functional import (as_negative_rows, as_positives, sigmoid_local_loss, softmax_local_loss,
@@ -31,14 +32,18 @@ class LossConfig:
     name: Literal["clip", "siglip"] = "clip"
     chunk_size: Optional[int] = None
 
+    def validate(self) -> None:
+        if self.name not in _LOSSES:
+            raise ConfigError(f"loss.name: unknown loss {self.name!r}; expected one of {sorted(_LOSSES)}")
+        check_chunk_size(self.chunk_size, "loss.chunk_size")
+
 
 class _GlobalBatchLoss(nn.Module):
     """What both losses are configured by: the blockwise chunk (None = plain) and the process group."""
 
     def __init__(self, chunk_size: Optional[int] = None, group: ProcessGroup = None) -> None:
         super().__init__()
-        if chunk_size is not None and chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        check_chunk_size(chunk_size)
         self.chunk_size = chunk_size
         self.group = group
 
@@ -90,9 +95,10 @@ class SigLipLoss(_GlobalBatchLoss):
         return loss
 
 
+_LOSSES: dict[str, type[_GlobalBatchLoss]] = {"clip": ClipLoss, "siglip": SigLipLoss}
+
+
 def build_loss(config: LossConfig) -> nn.Module:
     """The loss module a config names (the default process group is used when one is initialised)."""
-    losses: dict[str, type[nn.Module]] = {"clip": ClipLoss, "siglip": SigLipLoss}
-    if config.name not in losses:
-        raise ValueError(f"unknown loss {config.name!r}; expected one of {sorted(losses)}")
-    return losses[config.name](chunk_size=config.chunk_size)
+    config.validate()
+    return _LOSSES[config.name](chunk_size=config.chunk_size)

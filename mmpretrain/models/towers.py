@@ -11,7 +11,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, require
 from mmpretrain.models.multitower import MultiTower
 from mmpretrain.paths import configs_dir
 
@@ -30,6 +30,12 @@ class ModelConfig:
     init_logit_scale: Optional[float] = None  # log of the initial scale; None = open_clip's log(1/0.07)
     init_logit_bias: Optional[float] = None   # set it (e.g. -10) to create the sigmoid loss's learnable bias
     max_logit_scale: float = 100.0            # scale is clamped to this after each step, as in CLIP
+
+    def validate(self) -> None:
+        if self.name not in known_model_names():
+            raise ConfigError(f"model.name: unknown model {self.name!r}: not an open_clip config nor one in "
+                              f"{configs_dir() / 'models'} (see open_clip.list_models())")
+        require(self.max_logit_scale > 0, "model.max_logit_scale", self.max_logit_scale, "> 0")
 
 
 @dataclass
@@ -61,9 +67,7 @@ def known_model_names() -> list[str]:
 
 def build_model(config: ModelConfig) -> BuiltModel:
     """Create the towers, transforms and tokenizer for `config.name` through open_clip."""
-    if config.name not in known_model_names():
-        raise ConfigError(f"model.name: unknown model {config.name!r}: not an open_clip config nor one in "
-                         f"{configs_dir() / 'models'} (see open_clip.list_models())")
+    config.validate()
     head_kwargs = {}
     if config.init_logit_scale is not None:
         head_kwargs["init_logit_scale"] = config.init_logit_scale
