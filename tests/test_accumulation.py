@@ -65,7 +65,8 @@ def test_accumulation_under_zero3_is_refused_with_a_reason():
 
 def test_precision_settings_reach_deepspeed_and_fp16_is_refused_where_it_cannot_run():
     from mmpretrain.engine.deepspeed import build_deepspeed_config
-    from mmpretrain.engine.factory import EngineConfig, build_engine
+    from mmpretrain.engine.config import EngineConfig
+    from mmpretrain.engine.factory import StepSettings, build_engine
     from mmpretrain.errors import ConfigError
 
     fp16 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "fp16", 1.0, False)
@@ -78,5 +79,5 @@ def test_precision_settings_reach_deepspeed_and_fp16_is_refused_where_it_cannot_
     scheduler = build_scheduler(optimizer, OptimConfig(), 10)
     for engine, message in (("local", "runs under engine.name=deepspeed"), ("deepspeed", "needs a CUDA device")):
         with pytest.raises(ConfigError, match=message):
-            build_engine(EngineConfig(name=engine), objective, optimizer, scheduler, torch.device("cpu"), "fp16",
-                         1.0, batch_size=4, world_size=1)
+            build_engine(EngineConfig(name=engine), objective, optimizer, scheduler,
+                         StepSettings(torch.device("cpu"), "fp16", 1.0, micro_batch_size=4))

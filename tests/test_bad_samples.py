@@ -8,7 +8,9 @@ import os
 import pytest
 
 from mmpretrain.cli import main
-from mmpretrain.data.pipeline import DataConfig, ShardStream
+from mmpretrain.data.config import DataConfig
+from mmpretrain.data.loader import ReaderStream
+from mmpretrain.data.stages import StageEnv, build_stages
 from mmpretrain.data.skips import SKIP_REASONS, SkipBudget
 from mmpretrain.data.sources import assign_shards, resolve_sources
 from mmpretrain.engine.metrics import read_metrics
@@ -21,19 +23,22 @@ def corrupt(tmp_path_factory):
     return write_corrupt_shards(tmp_path_factory.mktemp("corrupt") / "shards")
 
 
-def _stream(corrupt, seed: int = 0) -> ShardStream:
+def _stream(corrupt, seed: int = 0):
+    """Samples one by one, each with the skips met on the way to it."""
     config = DataConfig(train=[str(corrupt.folder)], batch_size=1, num_workers=0, shuffle_buffer=1)
-    return ShardStream(resolve_sources(config.train, [], False), pixel_id, no_tokens, config, seed=seed)
+    stages = build_stages(StageEnv(config, pixel_id, no_tokens))
+    for batch in ReaderStream(resolve_sources(config.train, [], False), stages, config, seed=seed):
+        yield {"image": batch["image"][0], "skips": batch["_origin"].skips}
 
 
 def test_each_failure_kind_is_skipped_and_counted_and_every_clean_sample_arrives(corrupt):
     """Three passes over the fixture: each clean sample once per pass, each bad one skipped with its reason."""
     per_pass = len(corrupt.clean_ids)
-    samples = list(itertools.islice(iter(_stream(corrupt)), 3 * per_pass))
+    samples = list(itertools.islice(_stream(corrupt), 3 * per_pass))
     for pass_index in range(3):
         ids = [int(s["image"]) for s in samples[pass_index * per_pass:(pass_index + 1) * per_pass]]
         assert sorted(ids) == sorted(corrupt.clean_ids)  # nothing lost, nothing twice
-    events = [e for s in samples for e in s["_meta"].skips]
+    events = [e for s in samples for e in s["skips"]]
     # Skips before a pass's last clean sample travel with it; the trailing ones of the third pass are not read.
     seen = {(e.reason, os.path.basename(e.shard)) for e in events}
     assert seen == corrupt.bad_events
@@ -98,7 +103,7 @@ def test_skip_counts_survive_a_checkpoint(corrupt, tmp_path):
         "data.batch_size=5", "data.shuffle_buffer=1", "data.max_skip_fraction=1.0", "eval.tasks=[]"]
     assert main(["train", "demo", *overrides]) == 0
     state = load_checkpoint(list_checkpoints(tmp_path / "micro" / "checkpoints")[-1])
-    ledger = state["data"][0]["skips"]
+    ledger = state["data"][0]["skips"]  # rank 0's part of the data state
     assert ledger["delivered"] == 10 and sum(ledger["by_reason"].values()) == sum(ledger["by_shard"].values()) > 0
     json.dumps(ledger)  # plain data: no pickled objects in the checkpoint's data state
 

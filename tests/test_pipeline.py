@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from mmpretrain.data.augment import AugmentConfig, CropFirstTransform, build_train_transform
-from mmpretrain.data.pipeline import DataConfig, assign_shards, build_train_loader, check_shard_count
+from mmpretrain.data.config import DataConfig
+from mmpretrain.data.loader import TrainLoader
+from mmpretrain.data.sources import assign_shards, check_shard_count
+from mmpretrain.data.stages import StageEnv
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.models import ModelConfig, build_model
 from mmpretrain.models.towers import Tokenizer
@@ -22,6 +25,11 @@ def micro() -> MicroInputs:
     # The micro model's transform and tokenizer, built as training builds them.
     built = build_model(ModelConfig(name="mmp-test-micro"))
     return MicroInputs(build_train_transform(built.preprocess, AugmentConfig()), built.tokenizer)
+
+
+def build_train_loader(config, transform, tokenizer, seed, rank=0, world_size=1):
+    loader = TrainLoader(config, StageEnv(config, transform, tokenizer), seed, rank, world_size)
+    return loader, loader.info
 
 
 def test_batches_have_model_input_shapes(colour_shards, micro):
@@ -96,18 +104,19 @@ def test_resampled_readers_draw_with_replacement_deterministically(tmp_path, mic
     write_colour_shards(tmp_path / "r", n_shards=3, per_shard=4)
     config = DataConfig(train=[str(tmp_path / "r")], batch_size=4, num_workers=0, shuffle_buffer=1, resampled=True)
 
-    def stream_of(rank: int):
-        return build_train_loader(config, micro.train_transform, micro.tokenizer, seed=5, rank=rank,
-                                  world_size=4)[0].dataset
+    def draws_of(rank: int) -> list[list[str]]:
+        plan = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=5, rank=rank,
+                                  world_size=4)[0].stream.plan(0, 0, 1)
+        return [[span.shard for span in plan.spans(p)] for p in range(200)]
 
     # 3 shards feed 4 ranks: no shard-count error in resampled mode, and each rank gets its own draw sequence.
-    draws = {rank: list(itertools.islice(stream_of(rank)._passes(0, 0, 1), 200)) for rank in range(4)}
+    draws = {rank: draws_of(rank) for rank in range(4)}
     flat = [shard for passes in draws[0] for shard in passes]
     assert all(len(p) == 3 for p in draws[0]) and len(set(map(tuple, draws[0]))) > 1  # with replacement
     counts = [flat.count(s) for s in sorted(set(flat))]
     assert len(counts) == 3 and min(counts) > 0.28 * len(flat)  # uniform: each ~1/3 of 600 draws
     assert draws[0] != draws[1]
-    assert draws[0] == list(itertools.islice(stream_of(0)._passes(0, 0, 1), 200))  # seeded: reproducible
+    assert draws[0] == draws_of(0)  # seeded: reproducible
     loader, info = build_train_loader(config, micro.train_transform, micro.tokenizer, seed=5, rank=0,
                                       world_size=4)
     assert "resampled" in info.describe()
@@ -121,8 +130,9 @@ def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tm
     import webdataset as wds
     from PIL import Image
 
-    from mmpretrain.data.pipeline import ShardStream, collate
+    from mmpretrain.data.loader import ReaderStream
     from mmpretrain.data.sources import resolve_sources
+    from mmpretrain.data.stages import build_stages
 
     folder, total = tmp_path / "ids", 0
     folder.mkdir()
@@ -139,9 +149,14 @@ def test_every_sample_is_read_exactly_once_per_epoch_across_ranks_and_workers(tm
     config.limits.min_side = 1  # 2x2 images carry the ids
     seen: list[int] = []
     for rank in range(2):
-        stream = ShardStream(sources, pixel_id, no_tokens, config, seed=3, rank=rank, world_size=2)
-        loader = torch.utils.data.DataLoader(stream, batch_size=1, num_workers=2, collate_fn=collate)
+        stages = build_stages(StageEnv(config, pixel_id, no_tokens))
+        stream = ReaderStream(sources, stages, config, seed=3, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2, collate_fn=_as_is)
         for batch in itertools.islice(loader, 4 * total):  # long enough for every reader to pass its epoch 0
-            if batch["_meta"][0].position.sources[0][0] == 0:  # the sample's (pass, next index) in its source
+            if batch["_origin"].state.sources[0].pass_index == 0:  # its reader still in pass 0 after it
                 seen.append(int(batch["image"]))
     assert sorted(seen) == list(range(total))  # each sample once in epoch 0, over 2 ranks x 2 workers
+
+
+def _as_is(batch):
+    return batch

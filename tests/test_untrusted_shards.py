@@ -12,7 +12,9 @@ import webdataset as wds
 
 from mmpretrain.cli import main
 from mmpretrain.data.augment import AugmentConfig, build_train_transform
-from mmpretrain.data.pipeline import DataConfig, build_train_loader
+from mmpretrain.data.config import DataConfig
+from mmpretrain.data.loader import TrainLoader
+from mmpretrain.data.stages import StageEnv
 from mmpretrain.data.safe_tar import read_shard
 from mmpretrain.data.sources import SourceConfig
 from mmpretrain.errors import ConfigError
@@ -65,9 +67,9 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path):
     micro = build_model(ModelConfig(name="mmp-test-micro"))
     transform = build_train_transform(micro.preprocess, AugmentConfig())
     config = DataConfig(train=[str(shard.parent)], batch_size=4, num_workers=0, shuffle_buffer=4)
-    loader, _ = build_train_loader(config, transform, micro.tokenizer, seed=0)
+    loader = TrainLoader(config, StageEnv(config, transform, micro.tokenizer), seed=0)
     batches = list(itertools.islice(iter(loader), 4))
-    assert all(b["image"].shape[0] == 4 and not b["_meta"][0].skips for b in batches)  # clean samples, used
+    assert all(b["image"].shape[0] == 4 for b in batches) and sum(loader.ledger.by_reason.values()) == 0  # used, none skipped
     assert main(["train", "demo", *micro_overrides(shard.parent, tmp_path / "run", steps=2), "eval.tasks=[]"]) == 0
     assert len(load_retrieval(str(shard.parent)).images) == 8
     assert len(load_zeroshot(str(shard.parent), list(COLOURS)).labels) == 8
@@ -91,7 +93,8 @@ def test_shell_and_remote_urls_are_refused_unless_allowed(spec, colour_shards, t
     with pytest.raises(ConfigError, match="refusing shard URL"):
         list(read_shard(url, members={"png", "txt"}))  # the reader refuses on its own too
     with pytest.raises(ConfigError, match="refusing shard URL"):
-        build_train_loader(DataConfig(sources=[SourceConfig(name="a", shards=[url])]), None, None, seed=0)
+        config = DataConfig(sources=[SourceConfig(name="a", shards=[url])])
+        TrainLoader(config, StageEnv(config, None, None), seed=0)
     assert not marker.exists()
 
 

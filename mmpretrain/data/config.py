@@ -53,8 +53,3 @@ def declared_members(config: DataConfig) -> frozenset[str]:
     """The only members of a sample that are kept and decoded in training."""
     extra = ("neg.json",) if config.negatives_per_sample > 0 else ()
     return frozenset(IMAGE_EXTENSIONS + TEXT_EXTENSIONS + extra)
-
-
-def check_data_config(config: DataConfig) -> None:
-    """What pipeline.build_train_loader calls for callers that build a DataConfig themselves."""
-    config.validate()

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from mmpretrain.data.config import DataConfig, check_data_config, declared_members
+from mmpretrain.data.config import DataConfig, declared_members
 from mmpretrain.data.cursor import CursorState, PassPlan, ShardSpan, SourceCursor, leftover_spans
 from mmpretrain.data.safe_tar import ShardFailure
 from mmpretrain.data.skips import SampleSkipped, SkipBudget, SkipEvent, SkipLedger, skip_metrics, too_many_skips
@@ -182,7 +182,7 @@ class TrainLoader:
     def __init__(self, config: DataConfig, env: StageEnv, seed: int, rank: int = 0, world_size: int = 1,
                  all_sum: Callable[[list[int]], list[int]] = _identity_sum,
                  all_gather: Callable[[Any], list[Any]] = _identity_gather) -> None:
-        check_data_config(config)
+        config.validate()
         sources = resolve_sources(config.train, config.sources, config.allow_shell_urls)
         if not config.resampled:  # resampled readers each draw from all shards: any count feeds any number
             for source in sources:

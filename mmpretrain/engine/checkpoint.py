@@ -111,6 +111,8 @@ class Checkpointer:
     def __init__(self, directory: Path, keep: int, is_main: bool = True,
                  gather: Callable[[Any], list[Any]] = _gather_one, barrier: Callable[[], None] = lambda: None,
                  metadata: Optional[Mapping[str, Any]] = None) -> None:
+        if keep < 1:
+            raise ConfigError(f"train.keep_checkpoints must be >= 1, got {keep}")
         self.directory = directory
         self.keep = keep
         self.is_main = is_main
@@ -167,7 +169,7 @@ class Checkpointer:
         """Delete all but the newest `keep` complete checkpoints, with their shard folders, and shard folders
         left without a checkpoint by an interrupted save before the newest complete one."""
         complete = list_checkpoints(self.directory)
-        for old in complete[:-self.keep] if self.keep > 0 else []:  # keep 0: keep all
+        for old in complete[:-self.keep]:
             shutil.rmtree(old.with_suffix(""), ignore_errors=True)
             old.unlink(missing_ok=True)
         if not complete:
