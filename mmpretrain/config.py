@@ -77,6 +77,9 @@ class RunConfig:
             value = getattr(self, section.name)
             if is_dataclass(value):
                 value.validate()
+        # The data section can batch single samples (tests and tools do); a contrastive loss needs negatives.
+        require(self.data.batch_size > 1, "data.batch_size", self.data.batch_size,
+                "> 1: a contrastive batch needs negatives")
         if self.loss.name == "siglip" and self.model.init_logit_bias is None:
             raise ConfigError("loss.name=siglip needs the learnable bias: set model.init_logit_bias "
                               "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")

@@ -35,7 +35,7 @@ class DataConfig:
     def validate(self) -> None:
         """Every rule of this section and its nested ones. An empty data.train passes: a config may only evaluate
         (the training stream refuses it)."""
-        require(self.batch_size > 1, "data.batch_size", self.batch_size, "> 1: a contrastive batch needs negatives")
+        require(self.batch_size >= 1, "data.batch_size", self.batch_size, ">= 1")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         require(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer, ">= 0 (0 or 1: no shuffling)")
         require(self.positives_per_sample >= 1, "data.positives_per_sample", self.positives_per_sample, ">= 1")

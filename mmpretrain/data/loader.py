@@ -194,6 +194,7 @@ class TrainLoader:
         self.info = StreamInfo(sources, config.resampled)
         self.stream = ReaderStream(sources, build_stages(env), config, seed, rank, world_size)
         self.readers: dict[int, ReaderState] = {}
+        self.last_reader: Optional[int] = None  # the reader of the batch handed out last
         self.batches = 0
         self.ledger = SkipLedger()
         self.budget = SkipBudget(config.max_skip_fraction, config.skip_window)
@@ -213,6 +214,7 @@ class TrainLoader:
         batch = next(self._batches)
         origin: BatchOrigin = batch.pop("_origin")
         self.readers[origin.reader] = origin.state
+        self.last_reader = origin.reader
         self.ledger.record(origin.samples, origin.skips)
         self.batches += 1
         return batch
