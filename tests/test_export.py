@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmpretrain.config import config_to_dict, load_config
-from mmpretrain.engine.checkpoint import save_checkpoint
+from mmpretrain.engine.checkpoint import Checkpointer, atomic_save, checkpoint_path
 from mmpretrain.engine.export import export_open_clip
 from mmpretrain.models.multitower import MultiTower
 from mmpretrain.models.towers import ModelConfig, build_model, register_project_configs
@@ -30,17 +30,43 @@ def _restore_open_clip_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _trained_run(run_dir: Path, name: str = "mmp-test-micro", bias: float | None = None) -> MultiTower:
-    """A run directory with two checkpoints like training writes; the newest holds perturbed weights."""
+    """A run directory with two checkpoints like training writes (the Checkpointer, with the model as the
+    engine's state); the newest holds perturbed weights."""
     model = build_model(ModelConfig(name=name, init_logit_bias=bias)).model
     overrides = [f"model.name={name}"] + ([f"model.init_logit_bias={bias}"] if bias is not None else [])
     config = config_to_dict(load_config(None, overrides))
-    save_checkpoint(run_dir / "checkpoints", 2, {"model": model.state_dict(), "step": 2, "config": config}, keep=2)
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep=2, metadata={"config": config})
+    checkpointer.register("engine", _ModelOnly(model))
+    checkpointer.save(2)
     torch.manual_seed(0)
     with torch.no_grad():  # move off the fresh init, so a loader that re-initialises cannot pass by luck
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(run_dir / "checkpoints", 3, {"model": model.state_dict(), "step": 3, "config": config}, keep=2)
+    checkpointer.save(3)
     return model.eval()
+
+
+class _ModelOnly:
+    def __init__(self, model: MultiTower) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+
+def test_export_reads_checkpoints_of_the_earlier_format(tmp_path: Path) -> None:
+    # Format 1 (before the Checkpointer) kept the model at the top level; evaluation and export still read it.
+    ours = _trained_run(tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "step-000000003.pt"
+    state = torch.load(path, weights_only=True)
+    old = tmp_path / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    atomic_save({"model": state["engine"]["model"], "step": 3, "config": state["config"]}, checkpoint_path(old, 3))
+    out = export_open_clip(tmp_path / "old", tmp_path / "export", formats=("bin",))
+    _assert_same_embeddings(ours, open_clip.create_model("local-dir:" + str(out)))
 
 
 def _assert_same_embeddings(ours: MultiTower, theirs: torch.nn.Module) -> None:
@@ -127,7 +153,7 @@ def test_export_fails_loudly_on_unmatched_keys(tmp_path: Path) -> None:
     _trained_run(tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "step-000000003.pt"
     state = torch.load(path, weights_only=True)
-    state["model"]["towers.audio.proj"] = torch.zeros(2)
+    state["engine"]["model"]["towers.audio.proj"] = torch.zeros(2)
     torch.save(state, path)
     with pytest.raises(ValueError, match="towers.audio.proj"):
         export_open_clip(tmp_path / "run", tmp_path / "export")

@@ -75,20 +75,25 @@ def _is_compressed(stream: IO[bytes]) -> bool:
     return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head == b"\xfd7zXZ\x00"
 
 
-def _tar_members(stream: IO[bytes], shard: str, members: Collection[str], max_bytes: int, base: int = 0
-                 ) -> Iterator[dict]:
+def _tar_members(stream: IO[bytes], shard: str, members: Collection[str], max_bytes: int, base: int = 0,
+                 one_sample: bool = False) -> Iterator[dict]:
     """The regular files of a tar stream as webdataset's grouping takes them (`fname`, `data`, `__url__`), each
     with `offset`: where its header starts in the (uncompressed) tar, `base` being where the stream was entered.
 
     The size in a member's header is checked before its data is read: undeclared members and declared ones over
     `max_bytes` are passed over in the stream (read in small blocks and dropped), so a shard cannot make a
-    worker hold a multi-gigabyte member.
+    worker hold a multi-gigabyte member. `one_sample`: stop at the first header of another sample, unread.
     """
+    first_key = None
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
             if not info.isreg() or _META.match(info.name):
                 continue
-            extension = (base_plus_ext(info.name)[1] or "").lower()
+            key, extension = base_plus_ext(info.name)
+            if one_sample and first_key is not None and key != first_key:
+                return
+            first_key = first_key or key
+            extension = (extension or "").lower()
             if extension not in members:
                 data: object = b""  # named (so the sample is still seen and counted), never read
             elif info.size > max_bytes:
@@ -113,6 +118,18 @@ def _with_offsets(files: Iterable[dict], starts: "collections.deque[int]") -> It
             starts.append(file["offset"])
             key = prefix
         yield file
+
+
+def _kept(sample: dict, members: Collection[str], offset: int) -> RawSample:
+    """Only the declared members are kept (the rest never reach a decoder or the shuffle buffer), tagged with
+    the sample's offset; an oversized member is replaced by `__oversized__` (a counted skip later)."""
+    kept = {k: v for k, v in sample.items() if k in members or k in ("__key__", "__url__")}
+    kept["__offset__"] = offset
+    oversized = {k: v.size for k, v in kept.items() if isinstance(v, Oversized)}
+    if oversized:
+        kept = {k: v for k, v in kept.items() if k not in oversized}
+        kept["__oversized__"] = ", ".join(f".{k} of {n:,} bytes" for k, n in oversized.items())
+    return kept
 
 
 def _open_at(shard: str, allow_shell_urls: bool, start: int) -> tuple[IO[bytes], int]:
@@ -165,14 +182,7 @@ def read_shard(shard: str, members: Collection[str], allow_shell_urls: bool = Fa
             if offset < start:
                 continue  # a compressed tar read from its start, up to the sample asked for
             delivered += 1
-            # Only the declared members are kept: the rest never reach a decoder or the shuffle buffer.
-            kept = {k: v for k, v in sample.items() if k in members or k in ("__key__", "__url__")}
-            kept["__offset__"] = offset
-            oversized = {k: v.size for k, v in kept.items() if isinstance(v, Oversized)}
-            if oversized:
-                kept = {k: v for k, v in kept.items() if k not in oversized}
-                kept["__oversized__"] = ", ".join(f".{k} of {n:,} bytes" for k, n in oversized.items())
-            yield kept
+            yield _kept(sample, members, offset)
     except Exception as e:  # from the grouping: a duplicate member name ends the shard too
         failure = e
     finally:
@@ -192,13 +202,36 @@ def read_shards(shards: Iterable[str], members: Collection[str], allow_shell_url
 
 def read_samples_at(shard: str, offsets: Iterable[int], members: Collection[str], allow_shell_urls: bool = False,
                     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> dict[int, Union[RawSample, ShardFailure]]:
-    """The samples of `shard` that start at `offsets` (from `__offset__`), each read by entering the tar there:
-    a resumed reader refills its shuffle buffer this way instead of re-reading its pass."""
+    """The samples of `shard` that start at `offsets` (from `__offset__`): a resumed reader refills its shuffle
+    buffer this way instead of re-reading its pass. An uncompressed local tar is opened once and entered at each
+    offset (reading that sample's members only); a compressed one is read once up to the last offset."""
+    wanted = sorted(set(offsets))
     found: dict[int, Union[RawSample, ShardFailure]] = {}
-    for offset in sorted(set(offsets)):
-        first = next(read_shard(shard, members, allow_shell_urls, None, max_member_bytes, start=offset), None)
-        if first is None or (not isinstance(first, ShardFailure) and first["__offset__"] != offset):
-            first = ShardFailure(shard, "shard_truncated", f"no sample starts at byte {offset} any more "
-                                 "(the shard changed since the checkpoint)", 1)
-        found[offset] = first
+    try:
+        stream = _open(shard, allow_shell_urls)
+    except OSError as e:
+        stream = None
+        failure = f"{type(e).__name__}: {e}"
+    if stream is not None:
+        with stream:
+            if is_url(shard) or _is_compressed(stream):
+                for item in read_shard(shard, members, allow_shell_urls, None, max_member_bytes):
+                    if isinstance(item, ShardFailure) or item["__offset__"] > wanted[-1]:
+                        break
+                    if item["__offset__"] in wanted:
+                        found[item["__offset__"]] = item
+            else:
+                for offset in wanted:
+                    stream.seek(offset)
+                    try:
+                        files = _tar_members(stream, shard, members, max_member_bytes, offset, one_sample=True)
+                        sample = next(group_by_keys(files, handler=wds.reraise_exception), None)
+                    except Exception:  # a broken member: reported below as a sample no longer there
+                        sample = None
+                    if sample is not None:
+                        found[offset] = _kept(sample, members, offset)
+        failure = "the shard changed since the checkpoint"
+    for offset in wanted:
+        if offset not in found:
+            found[offset] = ShardFailure(shard, "shard_truncated", f"no sample starts at byte {offset} ({failure})", 1)
     return found
