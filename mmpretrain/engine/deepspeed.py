@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
 import deepspeed
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mmpretrain.engine.base import EngineBase
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
 from mmpretrain.paths import configs_dir
+
+log = logging.getLogger(__name__)
 
 def load_deepspeed_config(name_or_path: str) -> dict[str, Any]:
     """A DeepSpeed JSON by path or by name under configs/deepspeed/ (`zero2`)."""
@@ -133,8 +139,36 @@ class DeepSpeedEngine(EngineBase):
         self.engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state={})
 
     def load_shards(self, folder: Path) -> None:
+        """DeepSpeed's checkpoint in `folder`. Written by another number of ranks under ZeRO >= 1 (an elastic
+        resume), its optimizer partitions no longer fit: it is converted once to DeepSpeed's universal format
+        (`folder/universal`, by rank 0) and loaded from there, repartitioned for this world size."""
         if not folder.is_dir():
             raise FileNotFoundError(f"DeepSpeed checkpoint directory {folder} not found")
-        path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        saved_ranks = len(list(folder.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        universal = self.stage > 0 and saved_ranks not in (0, dist.get_world_size())
+        if universal:
+            folder = _universal_checkpoint(folder)
+        self.engine._config.load_universal_checkpoint = universal  # read by load_checkpoint, nowhere else
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        finally:
+            self.engine._config.load_universal_checkpoint = False
         if path is None:
             raise FileNotFoundError(f"could not load DeepSpeed checkpoint {folder}")
+
+
+def _universal_checkpoint(folder: Path) -> Path:
+    """`folder` converted to DeepSpeed's universal checkpoint (rank 0 converts, every rank waits)."""
+    target = folder / "universal"
+    if dist.get_rank() == 0 and not (target / "zero").is_dir():
+        log.warning("%s was written by another number of ranks: converting it to DeepSpeed's universal format "
+                    "in %s to repartition the optimizer state", folder, target)
+        done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                               str(folder), "--output_folder", str(target), "--inject_missing_state",
+                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+            raise RuntimeError(f"could not convert {folder} to a universal checkpoint: {' '.join(tail)}")
+    dist.barrier()
+    return target

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint
+from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint, model_state
 from mmpretrain.engine.export import export_open_clip
 from mmpretrain.engine.metrics import read_metrics
 from mmpretrain.models import ModelConfig, build_model
@@ -59,7 +59,7 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
         state = load_checkpoint(list_checkpoints(checkpoints)[-1])
         assert state["step"] == 4
         model = build_model(ModelConfig(name="mmp-test-micro")).model
-        model.load_state_dict(state["model"])  # complete and unsharded, also under ZeRO-3
+        model.load_state_dict(model_state(state))  # complete and unsharded, also under ZeRO-3
         out = export_open_clip(run_dir, tmp_path / zero / "export")
         assert (out / "open_clip_model.safetensors").is_file()
         if zero == "zero2":  # exact DeepSpeed resume: sharded optimizer state, step and both ranks' data streams
