@@ -51,16 +51,41 @@ def test_accumulated_gradient_equals_the_whole_batch_gradient(loss, accum):
         assert accumulated.model.logit_bias.grad.abs().item() > 0  # the head's gradient came through too
 
 
-def test_accumulation_under_zero3_is_refused_with_a_reason():
+def test_deepspeed_sees_one_backward_per_micro_batch_and_zero3_accumulation_is_refused():
     from mmpretrain.engine.deepspeed import build_deepspeed_config
     from mmpretrain.errors import ConfigError
 
-    zero3 = {"zero_optimization": {"stage": 3}}
     with pytest.raises(ConfigError, match="accum_steps > 1 is not supported under ZeRO-3"):
-        build_deepspeed_config(zero3, batch_size=4, precision="fp32", grad_clip=1.0, offload_optimizer=False,
-                               accum_steps=2)
-    zero2 = build_deepspeed_config({"zero_optimization": {"stage": 2}}, 4, "fp32", 1.0, False, accum_steps=3)
-    assert zero2["gradient_accumulation_steps"] == 4  # k micro-batches = k + 1 backward passes
+        build_deepspeed_config({"zero_optimization": {"stage": 3}}, 4, "fp32", 1.0, False, accum_steps=2)
+    for stage in (0, 1, 2):
+        config = build_deepspeed_config({"zero_optimization": {"stage": stage}}, 4, "fp32", 1.0, False,
+                                        accum_steps=3)
+        assert config["gradient_accumulation_steps"] == 3  # k micro-batches = k backward passes
+
+
+def test_every_backward_of_an_accumulated_step_reaches_every_parameter():
+    """ZeRO-3 copies the first backward's gradients of a step into its buffers and adds the later ones, so a
+    backward that reached only some parameters would leave stale gradients in the others' buffers."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="mmp-test-micro", init_logit_bias=-10.0)).model
+    engine = engine_for(model, SigLipLoss())
+    reached: list[set[str]] = []
+    names = {id(p): n for n, p in model.named_parameters()}
+    original = engine._backward
+
+    def recording_backward(loss):
+        before = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+        original(loss)
+        reached.append({n for n, p in model.named_parameters()
+                        if p.grad is not None and (before[n] is None or not torch.equal(before[n], p.grad))})
+
+    engine._backward = recording_backward
+    tokens = build_model(ModelConfig(name="mmp-test-micro")).tokenizer([f"caption {i}" for i in range(8)])
+    engine.train_step(split({"image": torch.randn(8, 3, 32, 32), "text": tokens}, 2))
+    assert len(reached) == 2  # one backward per micro-batch
+    trained = set(names.values())
+    assert reached[0] == trained  # the first reaches the towers and the head (logit scale and bias)
+    assert reached[1] == trained - {"logit_scale", "logit_bias"}
 
 
 def test_precision_settings_reach_deepspeed_and_fp16_is_refused_where_it_cannot_run():

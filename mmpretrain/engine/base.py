@@ -77,6 +77,11 @@ class EngineBase:
     def _zero_grad(self) -> None:
         """Clear gradients before a step (engines that clear them themselves do nothing)."""
 
+    def _loss_from_features(self, features: Any) -> torch.Tensor:
+        """The loss over cached features; its gradient is taken with autograd.grad, not an engine backward, so
+        an engine that tracks its backward passes must not see this forward."""
+        return self._forward(features, mode="loss_from_features")
+
     # -- the algorithm -------------------------------------------------------------------------------------------
 
     def train_step(self, batches: Sequence[Batch]) -> torch.Tensor:
@@ -97,10 +102,18 @@ class EngineBase:
         with torch.no_grad():
             parts = [self._forward(batch, mode="features") for batch in batches]
         features = concat_features(parts)
-        loss = self._forward(features, mode="loss_from_features")
-        self._backward(loss)  # into the cached features, the logit scale and the bias
-        for batch, grads in zip(batches, split_grads(features, parts)):
-            self._backward(self._forward(batch, mode="surrogate", feature_grads=grads))
+        loss = self._loss_from_features(features)
+        # The loss's gradient w.r.t. the cached features and the head (logit scale, bias), taken here rather than
+        # by a backward of its own: every backward the engine sees then reaches every parameter. (ZeRO-3 copies
+        # the first backward's gradients of a step into its buffers and adds the later ones; a first backward
+        # that reached the head alone left the towers' buffers holding the previous step's gradients.)
+        head = self.objective.head_parameters()
+        grads = torch.autograd.grad(loss, [*features.values(), *head], allow_unused=True)
+        feature_grads = dict(zip(features, grads[:len(features)]))
+        head_grads = grads[len(features):]
+        for index, (batch, micro) in enumerate(zip(batches, split_grads(features, feature_grads, parts))):
+            self._backward(self._forward(batch, mode="surrogate", feature_grads=micro,
+                                         head_grads=head_grads if index == 0 else None))
         return loss
 
     # -- readouts ------------------------------------------------------------------------------------------------

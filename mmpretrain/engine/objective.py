@@ -36,17 +36,27 @@ class ContrastiveObjective(nn.Module):
             batch = {**batch, "image": self.image_normalizer(image)}
         return self.model(batch)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters the loss uses directly, outside the towers: the logit scale and bias."""
+        return [p for p in (self.model.logit_scale, self.model.logit_bias) if p is not None and p.requires_grad]
+
     def forward(self, batch: Mapping[str, torch.Tensor], mode: Mode = "loss",
-                feature_grads: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor | Features:
+                feature_grads: Optional[Mapping[str, torch.Tensor]] = None,
+                head_grads: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor | Features:
         """`loss`: batch -> loss. `features`: batch -> features. `loss_from_features`: cached features of the
-        whole accumulated batch -> loss. `surrogate`: batch and the loss's gradient w.r.t. its features ->
-        a scalar whose backward sends exactly that gradient into the towers."""
+        whole accumulated batch -> loss. `surrogate`: batch and the loss's gradient w.r.t. its features (and, for
+        one micro-batch, w.r.t. the head parameters) -> a scalar whose backward sends exactly those gradients
+        into the towers (and the head)."""
         if mode == "features":
             return self._encode(batch)
         if mode == "surrogate":
             assert feature_grads is not None
             features = self._encode(batch)
-            return sum((features[key] * grad).sum() for key, grad in feature_grads.items())
+            surrogate = sum((features[key] * grad).sum() for key, grad in feature_grads.items())
+            for param, grad in zip(self.head_parameters(), head_grads or ()):
+                if grad is not None:
+                    surrogate = surrogate + (param * grad).sum()
+            return surrogate
         features = self._encode(batch) if mode == "loss" else dict(batch)
         scale = self.model.scale()
         self.last_logit_scale = scale.detach()
@@ -61,9 +71,10 @@ def concat_features(parts: Sequence[Features]) -> Features:
     return {key: torch.cat([p[key] for p in parts]).detach().requires_grad_() for key in parts[0]}
 
 
-def split_grads(features: Features, parts: Sequence[Features]) -> list[Features]:
+def split_grads(features: Features, grads: Mapping[str, Optional[torch.Tensor]], parts: Sequence[Features]
+                ) -> list[Features]:
     """The gradient of each cached feature tensor, cut back into the micro-batches it came from."""
     sizes = [p["image"].shape[0] for p in parts]
-    pieces = {key: torch.split(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf), sizes)
+    pieces = {key: torch.split(grads[key] if grads[key] is not None else torch.zeros_like(leaf), sizes)
               for key, leaf in features.items()}
     return [{key: pieces[key][i] for key in features} for i in range(len(parts))]

@@ -74,6 +74,15 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
             expected = [r["loss"] for r in read_metrics(tmp_path / zero / "whole" / "metrics.jsonl") if "loss" in r]
             torch.testing.assert_close(torch.tensor([r["loss"] for r in after]), torch.tensor(expected),
                                        rtol=1e-6, atol=1e-6)
+            # Elastic: the same run resumed on 1 process. DeepSpeed's partitions of 2 ranks are converted to its
+            # universal format and repartitioned; the data readers' unread samples are dealt out anew.
+            single = torchrun(1, ["train", "demo", *overrides, "train.steps=8", "--resume", "latest"], tmp_path)
+            assert single.returncode == 0, single.stderr[-3000:]
+            assert "resuming data from 2 rank(s) x 1 reader(s) onto 1 x 1" in single.stderr
+            assert (checkpoints / "step-000000006" / "universal" / "zero").is_dir()
+            records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+            assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 7, 8]
+            assert records[-1]["samples_seen"] == 8 * 4  # 8 steps of 4 on one rank (the count is per layout)
     assert losses["zero2"][-1] < losses["zero2"][0]
     torch.testing.assert_close(torch.tensor(losses["zero2"]), torch.tensor(losses["zero3"]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.tensor(losses["zero2"]), torch.tensor(losses["zero2-offload"]),
