@@ -85,7 +85,8 @@ def _loop(run: Run, start: int) -> TrainResult:
                 run.checkpointer.save(step)
                 raise Preempted(step, preemption.signal_name or "a signal")
         progress.close()
-        run.checkpointer.save(config.steps)
+        if run.checkpointer.last_saved != config.steps:  # not twice: the periodic save may have been the last step
+            run.checkpointer.save(config.steps)
         if run.config.eval.tasks:
             results = evaluate(run, config.steps, metrics)
             if is_main:

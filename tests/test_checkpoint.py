@@ -102,3 +102,20 @@ def test_part_names_cannot_collide(tmp_path):
     for name in ("engine", "step", "format", "config"):
         with pytest.raises(ValueError, match="taken"):
             saver.register(name, Counter())
+
+
+def test_the_local_engine_refuses_a_deepspeed_checkpoint_in_one_line():
+    from mmpretrain.engine.local import LocalEngine
+
+    engine = LocalEngine.__new__(LocalEngine)  # only load_state_dict is exercised
+    with pytest.raises(ConfigError, match="resume it with engine.name=deepspeed"):
+        engine.load_state_dict({"model": {}})
+
+
+def test_saving_a_step_again_leaves_no_stale_shard_file(tmp_path):
+    saver = Checkpointer(tmp_path, keep=2)
+    saver.register("engine", Sharded(), sharded=True)
+    (tmp_path / "step-000000004").mkdir(parents=True)
+    (tmp_path / "step-000000004" / "zero_pp_rank_3_mp_rank_00_optim_states.pt").write_bytes(b"stale")
+    saver.save(4)
+    assert sorted(p.name for p in (tmp_path / "step-000000004").iterdir()) == ["rank0"]

@@ -144,3 +144,31 @@ def test_a_data_position_of_another_source_count_or_format_is_refused(tmp_path):
         id_loader(_config(tmp_path / "a")).load_state_dict([two_sources])
     with pytest.raises(ConfigError, match=r"format \[1\]"):
         id_loader(_config(tmp_path / "a")).load_state_dict([{"position": {}, "skips": {}}])
+
+
+def test_a_sample_read_back_by_offset_is_the_one_read_in_order_even_at_a_truncation(tmp_path):
+    """The last, partial sample of a truncated shard (its members read before the break) comes back the same."""
+    write_id_shards(tmp_path / "t", 0, [6])
+    shard = tmp_path / "t" / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        last = tar.getmembers()[-1]  # 000000005.txt
+    shard.write_bytes(shard.read_bytes()[:last.offset_data])  # the break: its header read, its data gone
+    members = frozenset({"png", "txt"})
+    in_order = [item for item in read_shard(str(shard), members) if isinstance(item, dict)]
+    assert in_order[-1]["__key__"] == "000000005" and "txt" not in in_order[-1]  # partial, its png kept
+    again = read_samples_at(str(shard), [s["__offset__"] for s in in_order], members)
+    assert [again[s["__offset__"]] for s in in_order] == in_order
+
+
+def test_a_handed_over_sample_that_is_gone_counts_as_one_lost_not_its_shard(tmp_path):
+    from mmpretrain.data.cursor import CursorState, ShardSpan
+    from mmpretrain.data.safe_tar import ShardFailure
+
+    write_id_shards(tmp_path / "s", 0, [50, 50])
+    (source,) = resolve_sources([str(tmp_path / "s")], [], False)
+    gone = str(tmp_path / "s" / "missing.tar")
+    plan = PassPlan(source, 0, seed=0, rank=0, reader=0, num_readers=1, world_size=1, resampled=False)
+    state = CursorState(spans=[ShardSpan(gone, 4096, limit=1).to_list(), ShardSpan(source.shards[0]).to_list()])
+    cursor = SourceCursor(plan, buffer_size=1, read_args=(frozenset({"png", "txt"}), False, 2**20), state=state)
+    _, _, first = next(cursor)
+    assert isinstance(first, ShardFailure) and first.lost == 1

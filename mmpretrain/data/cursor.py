@@ -209,8 +209,12 @@ class SourceCursor:
         skip = resumed or span.skip_first
         members, allow_urls, max_bytes = self._read_args
         delivered = span.delivered + self.state.span_read - int(skip)
-        items = self._read(span.shard, members, allow_urls, (self.plan.source.sizes or {}).get(span.shard),
-                           max_bytes, start=start, delivered_before=max(delivered, 0))
+        # What a break loses: the rest of the shard by sizes.json, or of the span when it has a limit (a sample
+        # handed over by an elastic resume stands for itself, not for its whole shard).
+        expected = ((self.plan.source.sizes or {}).get(span.shard) if span.limit is None
+                    else span.delivered + span.limit)
+        items = self._read(span.shard, members, allow_urls, expected, max_bytes, start=start,
+                           delivered_before=max(delivered, 0))
         if skip:
             first = next(items, None)  # the sample at `start` was read before
             if isinstance(first, ShardFailure):

@@ -120,6 +120,13 @@ def _with_offsets(files: Iterable[dict], starts: "collections.deque[int]") -> It
         yield file
 
 
+def _until_error(files: Iterable[dict]) -> Iterator[dict]:
+    try:
+        yield from files
+    except Exception:  # tarfile.ReadError, an I/O error: the rest of the tar is lost
+        return
+
+
 def _kept(sample: dict, members: Collection[str], offset: int) -> RawSample:
     """Only the declared members are kept (the rest never reach a decoder or the shuffle buffer), tagged with
     the sample's offset; an oversized member is replaced by `__oversized__` (a counted skip later)."""
@@ -223,10 +230,10 @@ def read_samples_at(shard: str, offsets: Iterable[int], members: Collection[str]
             else:
                 for offset in wanted:
                     stream.seek(offset)
-                    try:
-                        files = _tar_members(stream, shard, members, max_member_bytes, offset, one_sample=True)
-                        sample = next(group_by_keys(files, handler=wds.reraise_exception), None)
-                    except Exception:  # a broken member: reported below as a sample no longer there
+                    files = _tar_members(stream, shard, members, max_member_bytes, offset, one_sample=True)
+                    try:  # as read_shard does: a break ends the members, and the sample read so far is kept
+                        sample = next(group_by_keys(_until_error(files), handler=wds.reraise_exception), None)
+                    except Exception:  # from the grouping (a duplicate member): a sample no longer there
                         sample = None
                     if sample is not None:
                         found[offset] = _kept(sample, members, offset)

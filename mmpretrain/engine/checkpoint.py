@@ -120,6 +120,7 @@ class Checkpointer:
         self._barrier = barrier
         self.metadata = dict(metadata or {})
         self._parts: dict[str, _Part] = {}
+        self.last_saved: Optional[int] = None  # the step saved or restored last
 
     def register(self, name: str, part: Stateful, *, per_rank: bool = False, sharded: bool = False) -> None:
         """Add a stateful part. `per_rank`: every rank's state is kept (in rank order) and handed back whole;
@@ -133,6 +134,9 @@ class Checkpointer:
         path = checkpoint_path(self.directory, step)
         if self.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
+            # Saving a step again (an interrupted save, or another layout): no stale per-rank file may remain.
+            path.unlink(missing_ok=True)
+            shutil.rmtree(self.directory / step_name(step), ignore_errors=True)
         self._barrier()
         for entry in self._parts.values():
             if entry.sharded:
@@ -143,6 +147,7 @@ class Checkpointer:
             atomic_save({"format": CHECKPOINT_FORMAT, "step": step, **self.metadata, **states}, path)
             self._prune()
         self._barrier()
+        self.last_saved = step
         return path
 
     def restore(self, resume: str) -> Optional[tuple[Path, int]]:
@@ -163,15 +168,16 @@ class Checkpointer:
             entry.part.load_state_dict(state[name])
             if entry.sharded:
                 entry.part.load_shards(path.with_suffix(""))  # type: ignore[attr-defined]
-        return path, int(state["step"])
+        self.last_saved = int(state["step"])
+        return path, self.last_saved
 
     def _prune(self) -> None:
         """Delete all but the newest `keep` complete checkpoints, with their shard folders, and shard folders
         left without a checkpoint by an interrupted save before the newest complete one."""
         complete = list_checkpoints(self.directory)
         for old in complete[:-self.keep]:
+            old.unlink(missing_ok=True)  # first: a checkpoint without its .pt is incomplete, never taken
             shutil.rmtree(old.with_suffix(""), ignore_errors=True)
-            old.unlink(missing_ok=True)
         if not complete:
             return
         newest = complete[-1].with_suffix("").name

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -158,7 +160,8 @@ class DeepSpeedEngine(EngineBase):
         (`folder/universal`, by rank 0) and loaded from there, repartitioned for this world size."""
         if not folder.is_dir():
             raise FileNotFoundError(f"DeepSpeed checkpoint directory {folder} not found")
-        saved_ranks = len(list(folder.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        # bf16 runs name them bf16_zero_pp_rank_*; ZeRO-0 writes none (its state is whole in every rank's file)
+        saved_ranks = len(list(folder.glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
         universal = self.stage > 0 and saved_ranks not in (0, dist.get_world_size())
         if universal:
             folder = _universal_checkpoint(folder)
@@ -172,17 +175,27 @@ class DeepSpeedEngine(EngineBase):
 
 
 def _universal_checkpoint(folder: Path) -> Path:
-    """`folder` converted to DeepSpeed's universal checkpoint (rank 0 converts, every rank waits)."""
+    """`folder` converted to DeepSpeed's universal checkpoint: rank 0 converts into a temp folder renamed into
+    place on success (a half-done conversion is never taken for a done one); every rank learns the outcome."""
     target = folder / "universal"
-    if dist.get_rank() == 0 and not (target / "zero").is_dir():
+    error = ""
+    if dist.get_rank() == 0 and not target.is_dir():
         log.warning("%s was written by another number of ranks: converting it to DeepSpeed's universal format "
                     "in %s to repartition the optimizer state", folder, target)
+        tmp = folder / "universal.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
         done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                               str(folder), "--output_folder", str(target), "--inject_missing_state",
+                               str(folder), "--output_folder", str(tmp), "--inject_missing_state",
                                "--num_extract_workers", "1", "--num_merge_workers", "1"],
                               capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-            raise RuntimeError(f"could not convert {folder} to a universal checkpoint: {' '.join(tail)}")
-    dist.barrier()
+        if done.returncode == 0:
+            os.replace(tmp, target)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = " ".join((done.stderr or done.stdout).strip().splitlines()[-1:]) or f"exit {done.returncode}"
+    outcome = [error]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0]:
+        raise ConfigError(f"{folder} was written by another number of ranks and could not be converted to "
+                          f"DeepSpeed's universal format: {outcome[0]}")
     return target

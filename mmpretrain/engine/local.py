@@ -11,6 +11,7 @@ from torch import nn
 
 from mmpretrain.engine.base import EngineBase
 from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.errors import ConfigError
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -64,6 +65,10 @@ class LocalEngine(EngineBase):
                 "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "optimizer" not in state:
+            raise ConfigError("the checkpoint holds no optimizer state of the local engine (it was written under "
+                              "engine.name=deepspeed, whose state is in its step folder): resume it with "
+                              "engine.name=deepspeed")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
