@@ -258,6 +258,7 @@ def test_a_run_with_checkpoints_is_not_prepared_again(tmp_path):
 def test_local_command_is_torchrun_standalone_running_mmpretrain_train():
     command = build_local_command("demo", ["train.steps=5"], 4, ["--resume", "latest"], python="py")
     assert command == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                       "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
                        "-m", "mmpretrain.cli", "train", "demo", "train.steps=5", "--resume", "latest"]
     assert build_local_command("demo", [], 1)[0] == sys.executable
     with pytest.raises(ValueError):
@@ -265,9 +266,35 @@ def test_local_command_is_torchrun_standalone_running_mmpretrain_train():
 
 
 def test_local_run_validates_the_config_before_starting_processes(monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("torchrun started"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun started"))
     with pytest.raises(ConfigError):
         run_local("demo", ["train.stepz=1"], 2)
+
+
+def test_a_signal_to_the_local_launcher_reaches_torchrun_and_the_launcher_waits(tmp_path):
+    """SIGTERM to `mmpretrain launch local` used to leave torchrun and training running as orphans: now the
+    launcher forwards SIGTERM / SIGUSR1 to torchrun and returns its exit code once it has exited."""
+    import signal
+    import time
+
+    marker = tmp_path / "child-signalled"
+    child = ("import signal, sys, time, pathlib\n"
+             f"def done(*a): pathlib.Path({str(marker)!r}).write_text('x'); sys.exit(124)\n"
+             "signal.signal(signal.SIGTERM, done)\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(60)\n")
+    launcher = ("import sys\n"
+                "import mmpretrain.launch.local as local\n"
+                f"local.build_local_command = lambda *a, **k: [sys.executable, '-c', {child!r}]\n"
+                "sys.exit(local.run_local('demo', ['train.steps=5'], 1))\n")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    lines = []
+    while "ready" not in lines:
+        lines.append(proc.stdout.readline().strip())
+    time.sleep(0.5)  # the launcher installs its handlers right after starting the child
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 124  # the child's exit code, after the child exited
+    assert marker.exists()
 
 
 def test_cli_slurm_dry_run_returns_0(tmp_path, capsys):

@@ -172,3 +172,26 @@ def test_a_handed_over_sample_that_is_gone_counts_as_one_lost_not_its_shard(tmp_
     cursor = SourceCursor(plan, buffer_size=1, read_args=(frozenset({"png", "txt"}), False, 2**20), state=state)
     _, _, first = next(cursor)
     assert isinstance(first, ShardFailure) and first.lost == 1
+
+
+def test_data_workers_leave_the_preemption_signals_to_the_training_process(tmp_path):
+    """torchrun and SLURM signal a rank's whole process group: a worker must neither die of SIGTERM/SIGUSR1 nor
+    act on them (the training process checkpoints, then its workers exit with it)."""
+    import signal
+
+    import torch
+
+    from mmpretrain.data.stages import register_stage, registered_stages
+
+    if "test_signal_probe" not in registered_stages():
+        @register_stage("test_signal_probe")
+        def _probe(env):
+            def stage(sample, context):
+                ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGUSR1))
+                return {**sample, "image": torch.tensor(int(ignored))}
+            return stage
+
+    write_id_shards(tmp_path / "s", 0, [4, 4])
+    config = _config(tmp_path / "s", num_workers=2, stages=["member_sizes", "test_signal_probe"])
+    assert batch_ids(id_loader(config), 4) == [1, 1, 1, 1]
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # the training process keeps its own handlers

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -163,6 +164,14 @@ def _as_is(batch: Any) -> Any:
     return batch  # the reader collates whole batches itself
 
 
+def _ignore_preemption_signals(worker: int) -> None:
+    """DataLoader workers leave SIGTERM and SIGUSR1 to the training process, which checkpoints and exits (its
+    workers then exit with it). torchrun and SLURM signal a rank's whole process group: a worker killed by the
+    signal used to take the rank down before the preemption checkpoint was written."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _identity_sum(counts: list[int]) -> list[int]:
     return counts
 
@@ -209,7 +218,8 @@ class TrainLoader:
         if self._batches is None:  # workers start here, from the state loaded (or not) before
             self.stream.start = ReadersStart(self.batches % self.num_readers, dict(self.readers))
             loader = DataLoader(self.stream, batch_size=None, num_workers=self.config.num_workers,
-                                collate_fn=_as_is, persistent_workers=self.config.num_workers > 0)
+                                collate_fn=_as_is, persistent_workers=self.config.num_workers > 0,
+                                worker_init_fn=_ignore_preemption_signals)
             self._batches = iter(loader)
         batch = next(self._batches)
         origin: BatchOrigin = batch.pop("_origin")
