@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", help="a run directory (uses its config and newest checkpoint) or a config")
     evaluate.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's newest)")
     evaluate.add_argument("--out", help="where to write the flat results JSON (default: beside the run)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
+    evaluate.add_argument("--random-init", action="store_true",
+                          help="score a config's model untrained (no checkpoint, no model.pretrained) on purpose")
     _add_overrides(evaluate)
 
     export = commands.add_parser("export", help="write a run's model as an open_clip checkpoint")
@@ -115,10 +118,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = target if target.is_dir() else None
     config = load_config(target / "config.yaml", args.overrides) if run_dir else _load(args.target, args.overrides)
     out = Path(args.out) if args.out else (run_dir or config.run_dir) / "eval_results.json"
-    results = evaluate_checkpoint(config, run_dir=run_dir, checkpoint=args.checkpoint, out=out)
+    failures: dict[str, str] = {}
+    results = evaluate_checkpoint(config, run_dir=run_dir, checkpoint=args.checkpoint, out=out,
+                                  random_init=args.random_init, overwrite=args.overwrite, failures=failures)
     print(format_table(results))
     print(f"results written to {out}")
-    return 0
+    for task, error in failures.items():
+        print(f"mmpretrain eval: error: task {task} failed: {error}", file=sys.stderr)
+    return 3 if failures else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -9,6 +9,11 @@ class DataError(RuntimeError):
     """Training data that cannot be used: too many bad samples, a source with nothing readable in it."""
 
 
+class TrainingError(DataError):
+    """A training state that cannot go on: a loss or gradient norm that is not finite (the run diverged). Reported
+    like DataError (one line, exit 3); the checkpoints written before it are kept and finite."""
+
+
 def require(ok: bool, key: str, value: object, expected: str) -> None:
     """A config section's value check: unless `ok`, a one-line ConfigError naming `key`, its value and the range."""
     if not ok:

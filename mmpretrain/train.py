@@ -7,6 +7,7 @@ run directory, logs, keeps evaluation results), everything else is identical on 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 from tqdm import tqdm
 
 from mmpretrain.config import RunConfig, config_to_dict
-from mmpretrain.engine.dist import barrier, detect_process, global_mean, init_distributed, shutdown
+from mmpretrain.engine.dist import all_true, barrier, detect_process, global_mean, init_distributed, shutdown
 from mmpretrain.engine.metrics import MetricsLog, NoMetrics
 from mmpretrain.engine.preemption import Preempted, PreemptionWatch
+from mmpretrain.errors import TrainingError
 from mmpretrain.eval.harness import format_table, run_eval, write_results
 from mmpretrain.run import Run, build_run
 
@@ -61,6 +63,7 @@ def _loop(run: Run, start: int) -> TrainResult:
                  run.process.world_size)
     loss, results = torch.tensor(float("nan"), device=engine.device), {}
     meter = _Throughput(run.samples_per_step)
+    guard = _NonFiniteGuard(run)
     progress = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                     disable=not (config.progress and is_main))
     with _metrics_log(run) as metrics, PreemptionWatch() as preemption:
@@ -68,31 +71,77 @@ def _loop(run: Run, start: int) -> TrainResult:
             loss = engine.train_step([loader.next_batch() for _ in range(config.accum_steps)])
             meter.add_step()
             progress.update(1)
+            guard.check(step, loss, metrics)  # every rank decides alike: the engine's report is all-reduced
             if step % config.log_every == 0 or step == config.steps:
                 skips, over_budget = loader.skip_report()  # collective: every rank, same step
                 record = {"loss": global_mean(loss), "lr": engine.lr, "logit_scale": engine.logit_scale,
-                          "samples_per_s": meter.rate(), "samples_seen": step * run.samples_per_step, **skips}
+                          "samples_per_s": meter.rate(), "samples_seen": step * run.samples_per_step,
+                          "train/skipped_steps": guard.skipped, **skips}
                 metrics.write(step, **record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 if over_budget is not None:
                     raise over_budget  # every rank at this same step, after the counts are on record
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                run.checkpointer.save(step)
+                _save(run, step)
             if _eval_due(run, step):
                 results = evaluate(run, step, metrics)
             if step < config.steps and preemption.requested():
                 progress.close()
-                run.checkpointer.save(step)
+                _save(run, step)
                 raise Preempted(step, preemption.signal_name or "a signal")
         progress.close()
         if run.checkpointer.last_saved != config.steps:  # not twice: the periodic save may have been the last step
-            run.checkpointer.save(config.steps)
+            _save(run, config.steps)
         if run.config.eval.tasks:
             results = evaluate(run, config.steps, metrics)
             if is_main:
                 write_results(results, None, run.run_dir / "results.json")
                 print(format_table(results))
     return TrainResult(run_dir=run.run_dir, final_loss=global_mean(loss), results=results)
+
+
+def _save(run: Run, step: int) -> None:
+    """A checkpoint of `step`, never of weights that are not finite (every rank checks what it holds)."""
+    if not all_true(run.engine.weights_finite()):
+        raise TrainingError(f"step {step}: the model holds non-finite weights (NaN/inf); no checkpoint written "
+                            f"(the run diverged: lower optim.lr)")
+    run.checkpointer.save(step)
+
+
+class _NonFiniteGuard:
+    """What to do with a step whose loss or gradient norm was not finite (optim.nonfinite): stop the run there, or
+    count it as skipped (the engine did not apply it) and go on, up to optim.max_skipped_steps. A step the engine
+    could not help applying (DeepSpeed reports the gradient norm after the update) always stops the run."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.skipped = run, 0
+
+    def check(self, step: int, loss: torch.Tensor, metrics: Union[MetricsLog, NoMetrics]) -> None:
+        report = self.run.engine.last_step
+        if report.finite:
+            return
+        optim = self.run.config.optim
+        value = global_mean(loss)  # a collective, reached by every rank at this step
+        what = (f"loss {value}" if report.grad_norm is None or not math.isfinite(value)
+                else f"gradient norm {report.grad_norm}")
+        self.skipped += int(not report.applied)
+        if optim.nonfinite == "skip" and not report.applied and self.skipped <= optim.max_skipped_steps:
+            if self.run.process.is_main:
+                log.warning("step %d: %s is not finite: step skipped (%d of at most %d)", step, what, self.skipped,
+                            optim.max_skipped_steps)
+            return
+        metrics.write(step, loss=value, **{"train/skipped_steps": self.skipped,
+                                           "train/nonfinite_step": step})
+        if optim.nonfinite == "skip" and not report.applied:
+            reason = f"more than optim.max_skipped_steps={optim.max_skipped_steps} steps skipped"
+        elif optim.nonfinite == "skip":
+            reason = "the update was already applied (DeepSpeed reports the gradient norm after it)"
+        else:
+            reason = "optim.nonfinite=stop (or skip, to drop such steps)"
+        last = self.run.checkpointer.last_saved
+        kept = f"the last checkpoint is step {last}" if last else "no checkpoint was written"
+        raise TrainingError(f"step {step}: {what} is not finite, the run diverged; stopped before any checkpoint of "
+                            f"it ({reason}; {kept}; lower optim.lr?)")
 
 
 def _eval_due(run: Run, step: int) -> bool:

@@ -165,7 +165,9 @@ def test_evaluate_model_takes_the_sections_not_the_run_config(colour_shards: Pat
     model = ModelConfig(name="mmp-test-micro")
     tasks = EvalConfig(tasks=[EvalTaskConfig(name="colours", kind="retrieval", data=str(colour_shards))],
                        batch_size=8)
-    results = evaluate_model(model, tasks, tmp_path / "out.json", device="cpu", progress=False)
+    with pytest.raises(ConfigError, match="--random-init"):  # an untrained model is scored only when asked for
+        evaluate_model(model, tasks, tmp_path / "out.json", device="cpu", progress=False)
+    results = evaluate_model(model, tasks, tmp_path / "out.json", device="cpu", progress=False, random_init=True)
     assert set(results) >= {"retrieval/colours/image_to_text_R@1"}
     assert json.loads((tmp_path / "out.json").read_text()) == pytest.approx(results)
     saved = OmegaConf.load(tmp_path / "eval_config.yaml")  # the two sections, when no record is given

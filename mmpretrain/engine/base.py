@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
 
+from mmpretrain.engine.dist import all_true
 from mmpretrain.engine.objective import ContrastiveObjective, concat_features, split_grads
 
 Batch = Mapping[str, torch.Tensor]
@@ -32,8 +34,11 @@ class Engine(Protocol):
 
     device: torch.device
     collective_forward: bool  # True when a forward involves every rank (ZeRO-3): evaluation must run on all
+    last_step: "StepReport"   # how the last train_step went (the same on every rank)
 
     def train_step(self, batches: Sequence[Batch]) -> torch.Tensor: ...
+
+    def weights_finite(self) -> bool: ...
 
     def full_model(self) -> contextlib.AbstractContextManager[nn.Module]: ...
 
@@ -52,6 +57,18 @@ class Engine(Protocol):
     def load_shards(self, folder: Path) -> None: ...
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """How one step went, the same on every rank. `finite`: the loss on every rank and the gradient norm (where
+    known) were finite. `applied`: the optimizer update was made. A step whose loss is not finite is never applied
+    (no backward, no update); one whose gradient norm is not finite is not applied by an engine that sees the norm
+    before the update (local), and is applied by one that reports it only afterwards (DeepSpeed)."""
+
+    finite: bool = True
+    applied: bool = True
+    grad_norm: Optional[float] = None  # None: not known (DeepSpeed without a reported norm, or no backward)
+
+
 class EngineBase:
     """The step algorithm and the readouts; subclasses provide the hooks and the state."""
 
@@ -59,6 +76,7 @@ class EngineBase:
     optimizer: torch.optim.Optimizer
     device: torch.device
     collective_forward = False
+    last_step: StepReport = StepReport()
 
     # -- hooks ---------------------------------------------------------------------------------------------------
 
@@ -70,8 +88,14 @@ class EngineBase:
         """Accumulate `loss`'s gradient (each pass of a step adds to the same gradients, unscaled)."""
         raise NotImplementedError
 
-    def _finish_step(self) -> None:
-        """Clip, step the optimizer and the schedule, after the last backward of a step."""
+    def _finish_step(self) -> StepReport:
+        """Clip, step the optimizer and the schedule, after the last backward of a step; report the global
+        gradient norm (computed even without clipping, where the engine can) and whether the update was made."""
+        raise NotImplementedError
+
+    def _skip_step(self) -> None:
+        """A step whose loss is not finite on some rank: no backward, no update; the schedule still advances (the
+        lr stays a function of the step number)."""
         raise NotImplementedError
 
     def _zero_grad(self) -> None:
@@ -92,17 +116,30 @@ class EngineBase:
         self._zero_grad()
         if len(batches) == 1:
             loss = self._forward(batches[0])
-            self._backward(loss)
+            if self._loss_finite(loss):
+                self._backward(loss)
         else:
             loss = self._grad_cache(batches)
-        self._finish_step()
+        if self.last_step.finite:
+            self.last_step = self._finish_step()
+        else:
+            self._skip_step()
         return loss.detach()
+
+    def _loss_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (one all-reduce per step, a sync point); records a step that
+        is not as not finite and not applied, before any backward, so that every rank skips it together."""
+        finite = all_true(bool(torch.isfinite(loss.detach()).all()))
+        self.last_step = StepReport() if finite else StepReport(finite=False, applied=False)
+        return finite
 
     def _grad_cache(self, batches: Sequence[Batch]) -> torch.Tensor:
         with torch.no_grad():
             parts = [self._forward(batch, mode="features") for batch in batches]
         features = concat_features(parts)
         loss = self._loss_from_features(features)
+        if not self._loss_finite(loss):
+            return loss
         # The loss's gradient w.r.t. the cached features and the head (logit scale, bias), taken here rather than
         # by a backward of its own: every backward the engine sees then reaches every parameter. (ZeRO-3 copies
         # the first backward's gradients of a step into its buffers and adds the later ones; a first backward
@@ -127,6 +164,11 @@ class EngineBase:
         """The temperature scale used in the last forward (read from there: under ZeRO-3 the parameter itself is
         an empty partition outside forward)."""
         return float(self.objective.last_logit_scale)
+
+    def weights_finite(self) -> bool:
+        """Whether every parameter this rank holds is finite (checked before a checkpoint is written; the loop
+        combines the ranks' answers)."""
+        return all(bool(torch.isfinite(p.detach()).all()) for p in self.objective.parameters())
 
     # -- state without shards (overridden by engines that keep per-rank state) -----------------------------------
 

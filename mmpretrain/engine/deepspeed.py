@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmpretrain.engine.base import EngineBase
+from mmpretrain.engine.base import EngineBase, StepReport
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
 from mmpretrain.paths import configs_dir
@@ -119,8 +120,27 @@ class DeepSpeedEngine(EngineBase):
         self.engine.backward(loss, scale_wrt_gas=False)
         self.engine.step()
 
-    def _finish_step(self) -> None:
-        """Done by the boundary `engine.step()` of the last backward."""
+    def _finish_step(self) -> StepReport:
+        """Done by the boundary `engine.step()` of the last backward; the gradient norm DeepSpeed computed there
+        (the global one, the same on every rank; None where it reports none) is read afterwards, so a norm that is
+        not finite is reported as applied (the loop stops the run). An fp16 overflow that the loss scaler skipped
+        is DeepSpeed's own business, not a divergence."""
+        if not self.engine.was_step_applied():
+            return StepReport(applied=False)
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            return StepReport()
+        norm = float(norm)
+        return StepReport(finite=math.isfinite(norm), grad_norm=norm)
+
+    def _skip_step(self) -> None:
+        """No backward was run (DeepSpeed saw the forward only); the schedule advances as in an applied step."""
+        self.scheduler.step()
+
+    def weights_finite(self) -> bool:
+        """This rank's parameters: under ZeRO-3 its partitions (`ds_tensor`), else the whole model."""
+        tensors = [getattr(p, "ds_tensor", p) if self.stage == 3 else p for p in self.objective.parameters()]
+        return all(bool(torch.isfinite(t.detach()).all()) for t in tensors if t.numel())
 
     def _loss_from_features(self, features: Any) -> torch.Tensor:
         # The objective itself, not DeepSpeed's engine: the engine's forward hooks would take the gradient that

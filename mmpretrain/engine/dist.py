@@ -124,6 +124,15 @@ def all_sum(values: list[int]) -> list[int]:
     return [int(v) for v in tensor.tolist()]
 
 
+def all_true(flag: bool) -> bool:
+    """True when `flag` is True on every rank (one all-reduce of one element). A collective."""
+    if not multi_process():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
 def all_gather(value: object) -> list:
     """`value` from every rank, in rank order (pickled: small objects only). A collective."""
     if not multi_process():

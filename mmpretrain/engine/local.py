@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from mmpretrain.engine.base import EngineBase
+from mmpretrain.engine.base import EngineBase, StepReport
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
 
@@ -49,10 +50,18 @@ class LocalEngine(EngineBase):
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _finish_step(self) -> None:
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.objective.parameters(), self.grad_clip)
+    def _finish_step(self) -> StepReport:
+        # The norm always (max_norm inf: measured, not clipped); a norm that is not finite is not applied.
+        norm = float(nn.utils.clip_grad_norm_(self.objective.parameters(), self.grad_clip or float("inf")))
+        if not math.isfinite(norm):
+            self._skip_step()
+            return StepReport(finite=False, applied=False, grad_norm=norm)
         self.optimizer.step()
+        self.scheduler.step()
+        return StepReport(grad_norm=norm)
+
+    def _skip_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
     @contextlib.contextmanager

@@ -1,10 +1,12 @@
-"""Run metrics: JSON lines always (one object per log step, appended and flushed so a crash loses nothing);
+"""Run metrics: JSON lines always (one object per log step, appended and flushed so a crash loses nothing; strict
+JSON: a value that is not finite is written as the string "nan", "inf" or "-inf");
 TensorBoard and wandb (offline by default: clusters often have no network) when configured. Rank 0 only."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import numbers
 import time
 from dataclasses import dataclass
@@ -37,6 +39,14 @@ def _import_or_explain(extra: str, module: str) -> Any:
                           f"'mmpretrain-contrastive[{extra}]' ({e})") from None
 
 
+def json_safe(value: Any) -> Any:
+    """`value` as strict JSON can hold it: a float that is not finite becomes the string "nan", "inf" or "-inf"
+    (`float()` reads them back), so metrics.jsonl never holds the bare NaN / Infinity that strict parsers refuse."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 class MetricsLog:
     def __init__(self, path: Path, config: Optional[LoggingConfig] = None, run_name: str = "run",
                  run_config: Optional[dict[str, Any]] = None) -> None:
@@ -53,8 +63,8 @@ class MetricsLog:
         self._file = path.open("a", encoding="utf-8")
 
     def write(self, step: int, **values: Any) -> None:
-        record = {"step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(record) + "\n")
+        record = {"step": step, "time": round(time.time(), 3), **{k: json_safe(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         scalars = {k: v for k, v in values.items() if isinstance(v, numbers.Real)}
         if self._tensorboard is not None:

@@ -27,6 +27,11 @@ class OptimConfig:
     # CPU memory (offload, or a CPU run), FusedAdam on CUDA. auto: deepspeed under engine.offload_optimizer (ZeRO-
     # Offload refuses other optimizers), torch otherwise.
     impl: Literal["auto", "torch", "deepspeed"] = "auto"
+    # A step whose loss or gradient norm is not finite (NaN/inf) is never applied. stop: the run ends there with
+    # exit 3, before any checkpoint of it is written. skip: the step is dropped (no optimizer update; the schedule
+    # still advances), counted as train/skipped_steps, and the run goes on, up to max_skipped_steps in all.
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_steps: int = 10
 
     def validate(self) -> None:
         require(self.lr > 0, "optim.lr", self.lr, "> 0")
@@ -38,6 +43,8 @@ class OptimConfig:
         require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
         require(self.grad_clip is None or self.grad_clip >= 0, "optim.grad_clip", self.grad_clip,
                 ">= 0, or null (0 and null: no clipping)")
+        require(self.nonfinite in ("stop", "skip"), "optim.nonfinite", self.nonfinite, "'stop' or 'skip'")
+        require(self.max_skipped_steps >= 0, "optim.max_skipped_steps", self.max_skipped_steps, ">= 0")
 
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:

@@ -24,12 +24,23 @@ log = logging.getLogger(__name__)
 
 def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path, run_dir: Optional[Path] = None,
                    checkpoint: Optional[str] = None, device: str = "auto", progress: bool = True,
-                   record: Any = None) -> dict[str, float]:
+                   record: Any = None, random_init: bool = False, overwrite: bool = False,
+                   failures: Optional[dict[str, str]] = None) -> dict[str, float]:
     """Run `eval_config` on the model of `checkpoint` (default: the newest of `run_dir`; neither given: the model
     as built) and write the flat results to `out`, with `record` beside them (the config that produced them, a
-    dataclass or a dict; default: the two sections)."""
+    dataclass or a dict; default: the two sections).
+
+    Refused before any work: a model as built that is untrained (no `model.pretrained`) unless `random_init`, and
+    an existing `out` unless `overwrite`. With `failures`, a failing task is recorded (see `run_eval`) and the
+    other tasks' results are still written."""
     if not eval_config.tasks:
         raise ConfigError("eval.tasks is empty: nothing to evaluate")
+    if checkpoint is None and run_dir is None and not model_config.pretrained and not random_init:
+        raise ConfigError(f"no checkpoint and no model.pretrained: this would score the randomly initialised "
+                          f"{model_config.name}; give a run directory or --checkpoint, set model.pretrained, or "
+                          f"pass --random-init to mean it")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or --out to write elsewhere")
     built = build_model(model_config)
     if checkpoint is not None or run_dir is not None:
         directory = run_dir / "checkpoints" if run_dir is not None else Path(".")
@@ -42,17 +53,20 @@ def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path
         log.info("evaluating %s as built (pretrained=%s)", model_config.name, model_config.pretrained)
     resolved: torch.device = resolve_device(device)
     model = built.model.to(resolved)
-    results = run_eval(model, built.eval_transform, built.tokenizer, eval_config, device=resolved, progress=progress)
+    results = run_eval(model, built.eval_transform, built.tokenizer, eval_config, device=resolved, progress=progress,
+                       failures=failures)
     if record is None:
         record = {"model": asdict(model_config), "eval": asdict(eval_config)}
     write_results(results, record, out)
     return results
 
 
-def evaluate_checkpoint(config: Any, run_dir: Optional[Path], checkpoint: Optional[str], out: Path
-                        ) -> dict[str, float]:
+def evaluate_checkpoint(config: Any, run_dir: Optional[Path], checkpoint: Optional[str], out: Path,
+                        random_init: bool = False, overwrite: bool = False,
+                        failures: Optional[dict[str, str]] = None) -> dict[str, float]:
     """`mmpretrain eval`: `evaluate_model` with the sections of a run config (`model`, `eval`, `train.device`,
     `train.progress`), the whole config written beside the results. `config` is a RunConfig, typed loosely so
     that this module need not import the run config."""
     return evaluate_model(config.model, config.eval, out, run_dir, checkpoint, device=config.train.device,
-                          progress=config.train.progress, record=config)
+                          progress=config.train.progress, record=config, random_init=random_init,
+                          overwrite=overwrite, failures=failures)

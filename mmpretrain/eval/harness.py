@@ -182,11 +182,16 @@ def _run_retrieval(model: EvalModel, transform: ImageTransform, tokenizer: Token
 
 
 def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Tokenizer, config: EvalConfig,
-             device: str | torch.device = "cpu", progress: bool = True) -> dict[str, float]:
+             device: str | torch.device = "cpu", progress: bool = True,
+             failures: Optional[dict[str, str]] = None) -> dict[str, float]:
     """Run every task and return the flat metric dict, e.g. ``{"zeroshot/digits/top1": 0.93, ...}``.
 
     Each task also reports ``<kind>/<name>/skipped``, its count of bad samples (and samples of broken shards)
     passed over; a task with no usable sample raises DataError naming it.
+
+    With `failures` (a dict to fill), a task that raises while loading or scoring is recorded instead: its
+    ``<kind>/<name>/failed`` is 1, `failures["<kind>/<name>"]` holds the error in one line (for the caller to
+    report), and the other tasks still run.
 
     The model runs in eval mode without gradients and gets its previous train/eval mode back afterwards.
     """
@@ -198,8 +203,14 @@ def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Token
     try:
         with torch.no_grad():
             for task in tqdm(config.tasks, desc="eval", disable=not progress):
-                metrics = runners[task.kind](model, image_transform, tokenizer, task, config.batch_size,
-                                             device, progress)
+                try:
+                    metrics = runners[task.kind](model, image_transform, tokenizer, task, config.batch_size,
+                                                 device, progress)
+                except Exception as err:  # noqa: BLE001 - one task's failure must not lose the others' results
+                    if failures is None:
+                        raise
+                    failures[f"{task.kind}/{task.name}"] = " ".join(f"{type(err).__name__}: {err}".split())
+                    metrics = {"failed": 1.0}
                 results.update({f"{task.kind}/{task.name}/{name}": value for name, value in metrics.items()})
     finally:
         model.train(was_training)
@@ -220,7 +231,7 @@ def format_table(results: dict[str, float]) -> str:
 
 def _format_value(key: str, value: float) -> str:
     # A skip count is a number of samples: "3", not "3.0000" beside the fractions.
-    return f"{value:,.0f}" if key.endswith("/skipped") else f"{value:.4f}"
+    return f"{value:,.0f}" if key.endswith(("/skipped", "/failed")) else f"{value:.4f}"
 
 
 def write_results(results: dict[str, float], config: EvalConfig | dict[str, Any] | None,
