@@ -23,7 +23,7 @@ from mmpretrain.data.loader import TrainLoader
 from mmpretrain.data.stages import StageEnv
 from mmpretrain.engine.base import Engine
 from mmpretrain.engine.checkpoint import Checkpointer
-from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier
+from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier, broadcast
 from mmpretrain.engine.factory import StepSettings, build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.engine.objective import ContrastiveObjective
@@ -92,7 +92,8 @@ def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = N
                         config.train.accum_steps, process.world_size)
     engine = build_engine(config.engine, objective, optimizer, scheduler, step)
     checkpointer = Checkpointer(run_dir / "checkpoints", config.train.keep_checkpoints, process.is_main,
-                                gather=all_gather, barrier=barrier, metadata={"config": config_to_dict(config)})
+                                gather=all_gather, barrier=barrier, broadcast=broadcast,
+                                metadata={"config": config_to_dict(config)})
     checkpointer.register("engine", engine, sharded=True)
     checkpointer.register("data", loader, per_rank=True)
     return Run(config, process, run_dir, built, loader, engine, checkpointer)
