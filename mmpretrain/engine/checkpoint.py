@@ -94,7 +94,8 @@ def verify_checkpoint(path: Path) -> Optional[str]:
         try:
             load_checkpoint(path)
         except Exception as e:  # a truncated zip, a zero-byte file: anything that does not load
-            return f"no manifest and it does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            first = str(e).splitlines()[0] if str(e) else ""
+            return f"no manifest and it does not load ({type(e).__name__}: {first})"
         return None
     try:
         files = json.loads(manifest.read_text())["files"]
@@ -274,7 +275,8 @@ class Checkpointer:
             try:
                 atomic_save({"format": CHECKPOINT_FORMAT, "step": step, **self.metadata, **states}, path)
                 # Every rank's shards are written (the gather above waited for them): read back and hashed.
-                write_manifest(path, step, {name: file_digest(self.directory / name) for name in shard_files(path)})
+                shards = {name: file_digest(self.directory / name) for name in shard_files(path)}
+                write_manifest(path, step, shards)
             except OSError as e:
                 failure = storage_error(e, path)
             else:
