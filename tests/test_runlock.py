@@ -73,3 +73,20 @@ def test_the_lock_is_gone_after_a_normal_run(colour_shards, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     run_dir = tmp_path / "runs" / "micro"
     assert (run_dir / "checkpoints").is_dir() and not (run_dir / ".lock").exists()
+
+
+def test_a_requeued_slurm_job_takes_over_its_earlier_runs_lock_from_another_host(tmp_path, monkeypatch, caplog):
+    run_dir = tmp_path / "run"
+    _write_lock(run_dir, "other-node-17", 4242)
+    holder = json.loads((run_dir / ".lock").read_text())
+    (run_dir / ".lock").write_text(json.dumps({**holder, "slurm": "777.0"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with caplog.at_level(logging.WARNING, logger="mmpretrain.engine.runlock"):
+        with RunLock(run_dir):
+            assert read_holder(run_dir / ".lock")["slurm"] == "777.1"
+    assert len(caplog.records) == 1 and "requeued SLURM job (777.0, host other-node-17" in caplog.records[0].getMessage()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the same incarnation elsewhere: a live job step, refused
+    (run_dir / ".lock").write_text(json.dumps({**holder, "slurm": "777.0"}))
+    with pytest.raises(ConfigError, match="other-node-17"):
+        RunLock(run_dir).acquire()

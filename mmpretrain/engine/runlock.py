@@ -4,7 +4,8 @@ Rank 0 takes it before anything in the run directory changes and gives it back w
 also registered with `atexit`, so a process that ends normally always gives it back). The file is made complete
 and then hard-linked into place, which fails if a lock exists: two jobs can never both hold it, and a reader never
 sees a half-written one. A lock left by a dead job is recognised on its own host (that pid no longer runs) and
-taken over with one warning line; a live job's lock, or one from another host (whose processes cannot be
+taken over with one warning line, as is one left by an earlier run of the same requeued SLURM job (same job id,
+another restart count: SLURM runs one at a time, possibly on another node); a live job's lock, or one from another host (whose processes cannot be
 checked), is refused in one line saying who holds it and how to remove it if that job is dead.
 """
 
@@ -46,6 +47,22 @@ def read_holder(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
+def _slurm_incarnation() -> Optional[str]:
+    """`<job id>.<restart count>` inside a SLURM job: a requeued job keeps its id and counts its restarts."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{job}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if job else None
+
+
+def _earlier_incarnation(theirs: Optional[str], ours: Optional[str]) -> bool:
+    """The lock was taken by this same SLURM job before a requeue (SLURM runs one incarnation at a time, so
+    that one is dead even if it ran on another host)."""
+    if not theirs or not ours:
+        return False
+    job, _, restart = theirs.partition(".")
+    our_job, _, our_restart = ours.partition(".")
+    return job == our_job and restart != our_restart
+
+
 class RunLock:
     """The lock of one run directory; a context manager (`with RunLock(run_dir): ...`) or `acquire()` /
     `release()`. Re-acquiring a lock this very process holds (an earlier run in the same process) is allowed."""
@@ -54,7 +71,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slurm": _slurm_incarnation()}
         self.held = False
 
     def acquire(self) -> "RunLock":
@@ -70,6 +87,10 @@ class RunLock:
             elif mine and not pid_alive(int(found["pid"])):
                 log.warning("%s: taking over a stale lock of pid %s (started %s), which no longer runs on %s",
                             self.run_dir, found["pid"], found["started"], found["host"])
+            elif _earlier_incarnation(found.get("slurm"), self.holder["slurm"]):
+                log.warning("%s: taking over the lock of an earlier run of this requeued SLURM job (%s, host %s, "
+                            "pid %s, started %s)", self.run_dir, found["slurm"], found["host"], found["pid"],
+                            found["started"])
             elif mine:
                 raise ConfigError(f"{self.run_dir} is in use by another training job: host {found['host']}, pid "
                                   f"{found['pid']}, started {found['started']} ({self.path}); wait for it to end "
