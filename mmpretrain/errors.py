@@ -18,3 +18,8 @@ def require(ok: bool, key: str, value: object, expected: str) -> None:
     """A config section's value check: unless `ok`, a one-line ConfigError naming `key`, its value and the range."""
     if not ok:
         raise ConfigError(f"{key}: invalid value {value!r} (expected {expected})")
+
+
+class StorageError(OSError):
+    """The run directory cannot be written (a full disk: ENOSPC, a quota); the message is one line naming the
+    errno and the path. What was saved before is kept."""

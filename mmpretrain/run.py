@@ -23,11 +23,13 @@ from mmpretrain.data.loader import TrainLoader
 from mmpretrain.data.stages import StageEnv
 from mmpretrain.engine.base import Engine
 from mmpretrain.engine.checkpoint import Checkpointer
-from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier
+from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier, broadcast
 from mmpretrain.engine.factory import StepSettings, build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
+from mmpretrain.engine.runlock import LOCK_NAME, RunLock
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.engine.schedule import build_scheduler
+from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import check_task_data
 from mmpretrain.losses import build_loss
 from mmpretrain.models import BuiltModel, build_model
@@ -46,6 +48,7 @@ class Run:
     loader: TrainLoader
     engine: Engine
     checkpointer: Checkpointer
+    lock: Optional[RunLock] = None  # rank 0's lock of run_dir: `lock.release()` when the run ends (also at exit)
 
     @property
     def samples_per_step(self) -> int:
@@ -58,27 +61,54 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, process: ProcessInfo) -> Path:
-    """Create the run directory (rank 0); refuse to silently mix a new run into an old one (every rank)."""
+def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool,
+                    process: ProcessInfo) -> tuple[Path, Optional[RunLock]]:
+    """Lock the run directory (rank 0, before anything in it changes; every rank learns the outcome), refuse to
+    silently mix a new run into an old one (every rank), then create it (rank 0). The lock is rank 0's."""
     run_dir = config.run_dir
-    if not overwrite and resume is None and (run_dir / "checkpoints").exists():
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume latest to continue it, "
-                              "--overwrite to replace it, or choose another run_name")
-    barrier()  # every rank has checked before rank 0 changes anything
+    lock, refused = None, None
     if process.is_main:
-        if overwrite and resume is None and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    barrier()
-    return run_dir
+        try:
+            lock = RunLock(run_dir).acquire()
+        except ConfigError as e:
+            refused = str(e)
+    refused = broadcast(refused)
+    if refused:
+        raise ConfigError(refused)
+    try:
+        if not overwrite and resume is None and (run_dir / "checkpoints").exists():
+            raise FileExistsError(f"{run_dir} already holds a run: pass --resume latest to continue it, "
+                                  "--overwrite to replace it, or choose another run_name")
+        barrier()  # every rank has checked before rank 0 changes anything
+        if process.is_main:
+            if overwrite and resume is None and run_dir.exists():
+                for entry in run_dir.iterdir():
+                    if entry.name != LOCK_NAME:  # the lock stays: this job holds it
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / "config.yaml")
+        barrier()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return run_dir, lock
 
 
 def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = None,
               overwrite: bool = False) -> Run:
     """Build every part in dependency order and register the stateful ones (not yet restored)."""
     check_task_data(config.eval)
-    run_dir = prepare_run_dir(config, resume, overwrite, process)
+    run_dir, lock = prepare_run_dir(config, resume, overwrite, process)
+    try:
+        return _build_parts(config, process, run_dir, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: Optional[RunLock]) -> Run:
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device, process.local_rank)
     built = build_model(config.model)
@@ -92,7 +122,8 @@ def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = N
                         config.train.accum_steps, process.world_size)
     engine = build_engine(config.engine, objective, optimizer, scheduler, step)
     checkpointer = Checkpointer(run_dir / "checkpoints", config.train.keep_checkpoints, process.is_main,
-                                gather=all_gather, barrier=barrier, metadata={"config": config_to_dict(config)})
+                                gather=all_gather, barrier=barrier, broadcast=broadcast,
+                                metadata={"config": config_to_dict(config)})
     checkpointer.register("engine", engine, sharded=True)
     checkpointer.register("data", loader, per_rank=True)
-    return Run(config, process, run_dir, built, loader, engine, checkpointer)
+    return Run(config, process, run_dir, built, loader, engine, checkpointer, lock)

@@ -1,11 +1,18 @@
-"""The Checkpointer: names, atomic writes, keep-K, registered parts, format refusal."""
+"""The Checkpointer: names, atomic writes, manifests, fallback past corrupt checkpoints, a full disk, keep-K,
+registered parts, format refusal."""
+
+import errno
+import json
+import logging
+import os
 
 import pytest
 import torch
 
+import mmpretrain.engine.checkpoint as checkpoint_module
 from mmpretrain.engine.checkpoint import (Checkpointer, atomic_save, checkpoint_path, list_checkpoints,
-                                          load_checkpoint, resolve_resume, step_name)
-from mmpretrain.errors import ConfigError
+                                          load_checkpoint, resolve_resume, step_name, verify_checkpoint)
+from mmpretrain.errors import ConfigError, StorageError
 
 
 class Counter:
@@ -119,3 +126,111 @@ def test_saving_a_step_again_leaves_no_stale_shard_file(tmp_path):
     (tmp_path / "step-000000004" / "zero_pp_rank_3_mp_rank_00_optim_states.pt").write_bytes(b"stale")
     saver.save(4)
     assert sorted(p.name for p in (tmp_path / "step-000000004").iterdir()) == ["rank0"]
+
+
+def _saver(directory, keep=3):
+    saver = Checkpointer(directory, keep=keep)
+    part = Sharded()
+    saver.register("engine", part, sharded=True)
+    return saver, part
+
+
+def _saved(directory, steps, keep=3):
+    saver, part = _saver(directory, keep)
+    for step in steps:
+        part.count = step
+        saver.save(step)
+    return saver
+
+
+def _restore_latest(directory):
+    saver, part = _saver(directory)
+    return saver.restore("latest"), part
+
+
+def test_every_checkpoint_has_a_manifest_of_its_files(tmp_path):
+    _saved(tmp_path, [2])
+    manifest = json.loads((tmp_path / "step-000000002.manifest.json").read_text())
+    assert set(manifest["files"]) == {"step-000000002.pt", "step-000000002/rank0"}
+    assert manifest["files"]["step-000000002.pt"]["size"] == (tmp_path / "step-000000002.pt").stat().st_size
+    assert verify_checkpoint(tmp_path / "step-000000002.pt") is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero_bytes", "shard", "no_manifest_truncated"])
+def test_latest_falls_back_past_a_corrupt_newest_checkpoint_with_one_warning(tmp_path, caplog, damage):
+    _saved(tmp_path, [2, 4])
+    newest = tmp_path / "step-000000004.pt"
+    if damage == "truncate":
+        newest.write_bytes(newest.read_bytes()[:100])
+    elif damage == "zero_bytes":
+        newest.write_bytes(b"")
+    elif damage == "shard":
+        (tmp_path / "step-000000004" / "rank0").write_text("9")  # same size, other content
+    else:  # a checkpoint from before manifests is accepted only if it loads
+        (tmp_path / "step-000000004.manifest.json").unlink()
+        newest.write_bytes(newest.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="mmpretrain.engine.checkpoint"):
+        restored, part = _restore_latest(tmp_path)
+    assert restored == (tmp_path / "step-000000002.pt", 2) and part.count == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "step-000000004.pt" in warnings[0] and "\n" not in warnings[0]
+    assert "resuming from step-000000002.pt" in warnings[0]
+
+
+def test_a_checkpoint_without_manifest_that_loads_is_accepted(tmp_path):
+    _saved(tmp_path, [2, 4])
+    (tmp_path / "step-000000004.manifest.json").unlink()
+    restored, part = _restore_latest(tmp_path)
+    assert restored == (tmp_path / "step-000000004.pt", 4)
+
+
+def test_an_explicit_corrupt_checkpoint_is_a_one_line_config_error_naming_it(tmp_path):
+    _saved(tmp_path, [2])
+    path = tmp_path / "step-000000002.pt"
+    path.write_bytes(path.read_bytes()[:50])
+    saver, _ = _saver(tmp_path)
+    with pytest.raises(ConfigError, match="step-000000002.pt") as error:
+        saver.restore(str(path))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="no intact checkpoint"):  # nothing to fall back to: not a fresh start
+        saver.restore("latest")
+
+
+@pytest.mark.parametrize("where", ["torch.save", "os.replace", "manifest"])
+def test_a_full_disk_names_enospc_leaves_no_temp_file_and_keeps_older_checkpoints(tmp_path, monkeypatch, where):
+    saver = _saved(tmp_path, [2, 4], keep=2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "torch.save":
+        monkeypatch.setattr(torch, "save", full)
+    elif where == "os.replace":
+        monkeypatch.setattr(os, "replace", full)
+    else:
+        monkeypatch.setattr(checkpoint_module, "write_manifest", full)
+    with pytest.raises(StorageError, match="ENOSPC") as error:
+        saver.save(6)
+    message = str(error.value)
+    assert "\n" not in message and "step-000000006.pt" in message
+    monkeypatch.undo()
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # keep-K did not run
+    assert not (tmp_path / "step-000000006").exists()
+    restored, _ = _restore_latest(tmp_path)
+    assert restored == (tmp_path / "step-000000004.pt", 4)
+
+
+def test_a_full_disk_while_writing_shards_is_reported_the_same_way(tmp_path, monkeypatch):
+    saver, part = _saver(tmp_path, keep=1)
+    saver.save(2)
+
+    def full(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "rank0"))
+
+    monkeypatch.setattr(part, "save_shards", full)
+    with pytest.raises(StorageError, match=r"step-000000004/rank0: ENOSPC"):
+        saver.save(4)
+    assert not (tmp_path / "step-000000004").exists() and verify_checkpoint(tmp_path / "step-000000002.pt") is None

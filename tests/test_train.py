@@ -72,7 +72,8 @@ def test_train_writes_run_directory_and_resumes(colour_shards, tmp_path):
     run_dir = tmp_path / "runs" / "micro"
     assert result.run_dir == run_dir
     assert load_config(run_dir / "config.yaml") == config  # the resolved config is in the run directory
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000000002.pt", "step-000000004.pt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "step-000000002.manifest.json", "step-000000002.pt", "step-000000004.manifest.json", "step-000000004.pt"]
 
     records = read_metrics(run_dir / "metrics.jsonl")
     train_records = [r for r in records if "loss" in r]

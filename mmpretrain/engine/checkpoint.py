@@ -5,11 +5,18 @@ into place), holding `{"format", "step", <metadata>, <part name>: <part state>, 
 stateful part (engine, train loader, anything later such as an EMA). A part registered `per_rank` contributes
 every rank's state, in rank order (the train loader: each rank reads its own shards). An engine with per-rank
 state of its own (DeepSpeed's optimizer partitions) writes it into `checkpoints/step-NNNNNNNNN/` first; the
-`.pt` file is written last, so its presence marks a complete checkpoint, and `latest` only ever finds those.
+`.pt` file is written after them, and last `checkpoints/step-NNNNNNNNN.manifest.json` (size and sha256 of the
+`.pt` and of every file in the step folder), so the manifest marks a complete checkpoint. `latest` is the newest
+checkpoint that verifies against its manifest (one without a manifest, from before manifests, only if it loads);
+the ones skipped on the way are named in one warning line. Keep-K prunes only after the new manifest is written.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -20,10 +27,14 @@ from typing import Any, Optional, Protocol
 
 import torch
 
-from mmpretrain.errors import ConfigError
+from mmpretrain.errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2  # 1: before the Checkpointer (engine state at the top level, replayed data positions)
+MANIFEST_FORMAT = 1
 _CHECKPOINT = re.compile(r"^step-(\d{9})\.pt$")
+_HASH_CHUNK = 1 << 20
 
 
 class Stateful(Protocol):
@@ -49,22 +60,96 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def manifest_path(checkpoint: Path) -> Path:
+    """`step-N.pt` -> `step-N.manifest.json`, written last: its presence marks a complete checkpoint."""
+    return checkpoint.with_name(checkpoint.name[:-len(".pt")] + ".manifest.json")
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and sha256 of one file (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def shard_files(checkpoint: Path) -> list[str]:
+    """The files of a checkpoint's step folder, relative to the checkpoints directory, sorted (the universal
+    conversion, made later at resume, is not part of the checkpoint)."""
+    folder = checkpoint.with_suffix("")
+    if not folder.is_dir():
+        return []
+    return sorted(str(p.relative_to(checkpoint.parent)) for p in folder.rglob("*")
+                  if p.is_file() and not p.relative_to(folder).parts[0].startswith("universal"))
+
+
+def verify_checkpoint(path: Path) -> Optional[str]:
+    """None when `path` is a complete checkpoint, else why not (one phrase). With a manifest: every file it
+    lists is there with its size and sha256. Without (written before manifests): the `.pt` must load."""
+    if not path.is_file():
+        return "missing"
+    manifest = manifest_path(path)
+    if not manifest.is_file():
+        try:
+            load_checkpoint(path)
+        except Exception as e:  # a truncated zip, a zero-byte file: anything that does not load
+            first = str(e).splitlines()[0] if str(e) else ""
+            return f"no manifest and it does not load ({type(e).__name__}: {first})"
+        return None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable manifest {manifest.name} ({type(e).__name__})"
+    for name, expected in files.items():
+        target = path.parent / name
+        if not target.is_file():
+            return f"{name} missing"
+        size = target.stat().st_size
+        if size != expected["size"]:
+            return f"{name} is {size} bytes, the manifest says {expected['size']}"
+        if file_digest(target)["sha256"] != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _newest_valid(directory: Path, checkpoints: list[Path]) -> Optional[Path]:
+    """The newest checkpoint that verifies; the skipped ones in one warning line. ConfigError when there are
+    checkpoints but none verifies (starting over would silently lose the run)."""
+    skipped = []
+    for path in reversed(checkpoints):
+        reason = verify_checkpoint(path)
+        if reason is None:
+            if skipped:
+                log.warning("skipped incomplete checkpoint(s) in %s: %s; resuming from %s", directory,
+                            "; ".join(skipped), path.name)
+            return path
+        skipped.append(f"{path.name} ({reason})")
+    if skipped:
+        raise ConfigError(f"no intact checkpoint in {directory}: {'; '.join(skipped)}")
+    return None
+
+
 def resolve_resume(directory: Path, resume: str) -> Optional[Path]:
-    """`latest` -> newest checkpoint in `directory` (None if there is none yet); otherwise a checkpoint file, a
-    DeepSpeed step folder (its `.pt` beside it), a run directory or a checkpoints folder (their newest)."""
+    """`latest` -> newest intact checkpoint in `directory` (None if there is none yet); otherwise a checkpoint
+    file, a DeepSpeed step folder (its `.pt` beside it), a run directory or a checkpoints folder (their newest
+    intact one). A file named explicitly that does not verify is a ConfigError naming it."""
     if resume == "latest":
-        checkpoints = list_checkpoints(directory)
-        return checkpoints[-1] if checkpoints else None
+        return _newest_valid(directory, list_checkpoints(directory))
     path = Path(resume)
     if path.is_dir() and path.with_name(path.name + ".pt").is_file():
-        return path.with_name(path.name + ".pt")
-    if path.is_dir():
-        checkpoints = list_checkpoints(path if path.name == "checkpoints" else path / "checkpoints")
+        path = path.with_name(path.name + ".pt")
+    elif path.is_dir():
+        folder = path if path.name == "checkpoints" else path / "checkpoints"
+        checkpoints = list_checkpoints(folder)
         if not checkpoints:
             raise FileNotFoundError(f"no checkpoints in {path}")
-        return checkpoints[-1]
+        return _newest_valid(folder, checkpoints)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {resume!r} not found")
+    reason = verify_checkpoint(path)
+    if reason is not None:
+        raise ConfigError(f"checkpoint {path} is corrupt or incomplete: {reason}")
     return path
 
 
@@ -83,11 +168,37 @@ def model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     raise KeyError("not a training checkpoint (no model state dict)")
 
 
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # atomic on POSIX
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no partial file is left behind, whatever stopped the write
+        raise
+
+
 def atomic_save(state: Mapping[str, Any], path: Path) -> None:
     """Write `state` to `path` so a reader sees the old file set or the complete new file, never a part."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)  # atomic on POSIX
+    _write_atomically(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def write_manifest(checkpoint: Path, step: int, digests: Mapping[str, Mapping[str, Any]]) -> Path:
+    """The manifest of `checkpoint` (atomically): `digests` maps names relative to its directory to
+    {size, sha256}; the `.pt`'s own entry is added here."""
+    files = {checkpoint.name: file_digest(checkpoint), **digests}
+    text = json.dumps({"format": MANIFEST_FORMAT, "step": step, "files": files}, indent=1, sort_keys=True)
+    manifest = manifest_path(checkpoint)
+    _write_atomically(manifest, lambda tmp: tmp.write_text(text))
+    return manifest
+
+
+def storage_error(error: OSError, path: Path) -> str:
+    """One line for a failed checkpoint write: ENOSPC (or the errno's name), the path, what is kept."""
+    name = errno.errorcode.get(error.errno, "") if error.errno else ""
+    what = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    return (f"cannot write checkpoint {path}: {name + ' ' if name else ''}({what}); the older checkpoints are "
+            "kept, free space and resume with --resume latest")
 
 
 @dataclass
@@ -101,16 +212,23 @@ def _gather_one(value: Any) -> list[Any]:
     return [value]
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 class Checkpointer:
     """Saves and restores the registered parts under `directory` (see module doc).
 
-    `gather` collects an object from every rank (rank order) and `barrier` waits for all; both are collectives
-    given by the composition root, so every rank must call `save` / `restore` at the same step.
+    `gather` collects an object from every rank (rank order), `barrier` waits for all and `broadcast` hands
+    rank 0's object to every rank; all are collectives given by the composition root, so every rank must call
+    `save` / `restore` at the same step. Rank 0 decides which checkpoint `restore` loads, and whether a save
+    failed, and every rank follows.
     """
 
     def __init__(self, directory: Path, keep: int, is_main: bool = True,
                  gather: Callable[[Any], list[Any]] = _gather_one, barrier: Callable[[], None] = lambda: None,
-                 metadata: Optional[Mapping[str, Any]] = None) -> None:
+                 metadata: Optional[Mapping[str, Any]] = None,
+                 broadcast: Callable[[Any], Any] = _identity) -> None:
         if keep < 1:
             raise ConfigError(f"train.keep_checkpoints must be >= 1, got {keep}")
         self.directory = directory
@@ -118,6 +236,7 @@ class Checkpointer:
         self.is_main = is_main
         self._gather = gather
         self._barrier = barrier
+        self._broadcast = broadcast
         self.metadata = dict(metadata or {})
         self._parts: dict[str, _Part] = {}
         self.last_saved: Optional[int] = None  # the step saved or restored last
@@ -130,31 +249,75 @@ class Checkpointer:
         self._parts[name] = _Part(part, per_rank, sharded)
 
     def save(self, step: int) -> Path:
-        """Write step `step` (every rank calls this), then keep only the newest `keep` checkpoints."""
+        """Write step `step` (every rank calls this): shards, `.pt`, manifest; then keep only the newest `keep`.
+
+        A failed write (a full disk: ENOSPC) on any rank removes this step's files, leaves the older checkpoints
+        as they were and raises `StorageError` on every rank, naming the errno and the path."""
         path = checkpoint_path(self.directory, step)
         if self.is_main:
             self.directory.mkdir(parents=True, exist_ok=True)
-            # Saving a step again (an interrupted save, or another layout): no stale per-rank file may remain.
-            path.unlink(missing_ok=True)
-            shutil.rmtree(self.directory / step_name(step), ignore_errors=True)
+            self._remove_step(step)  # saving a step again: no stale per-rank file or manifest may remain
         self._barrier()
-        for entry in self._parts.values():
-            if entry.sharded:
-                entry.part.save_shards(self.directory / step_name(step))  # type: ignore[attr-defined]
+        failure: Optional[str] = None
+        try:
+            for entry in self._parts.values():
+                if entry.sharded:
+                    entry.part.save_shards(self.directory / step_name(step))  # type: ignore[attr-defined]
+        except OSError as e:
+            failure = storage_error(e, Path(e.filename) if e.filename else self.directory / step_name(step))
+        failures = [f for f in self._gather(failure) if f]  # also: every rank's shards are written
+        if failures:
+            self._fail(step, failures[0])
         states = {name: self._gather(e.part.state_dict()) if e.per_rank else e.part.state_dict()
                   for name, e in self._parts.items()}
+        failure = None
         if self.is_main:
-            atomic_save({"format": CHECKPOINT_FORMAT, "step": step, **self.metadata, **states}, path)
-            self._prune()
-        self._barrier()
+            try:
+                atomic_save({"format": CHECKPOINT_FORMAT, "step": step, **self.metadata, **states}, path)
+                # Every rank's shards are written (the gather above waited for them): read back and hashed.
+                shards = {name: file_digest(self.directory / name) for name in shard_files(path)}
+                write_manifest(path, step, shards)
+            except OSError as e:
+                failure = storage_error(e, path)
+            else:
+                self._prune()  # only now: the new checkpoint is complete and its manifest written
+        failure = self._broadcast(failure)  # also the end of the save for every rank
+        if failure:
+            self._fail(step, failure)
         self.last_saved = step
         return path
 
+    def _fail(self, step: int, message: str) -> None:
+        """Every rank: remove this step's files (rank 0) and raise the one-line StorageError."""
+        if self.is_main:
+            try:
+                self._remove_step(step)
+            except OSError:
+                pass
+        raise StorageError(message)
+
+    def _remove_step(self, step: int) -> None:
+        path = checkpoint_path(self.directory, step)
+        manifest_path(path).unlink(missing_ok=True)  # first: without it the checkpoint is not complete
+        path.unlink(missing_ok=True)
+        shutil.rmtree(self.directory / step_name(step), ignore_errors=True)
+
     def restore(self, resume: str) -> Optional[tuple[Path, int]]:
-        """Load the checkpoint `resume` names into every part; (path, step), or None when `latest` finds none."""
-        path = resolve_resume(self.directory, resume)
-        if path is None:
+        """Load the checkpoint `resume` names into every part; (path, step), or None when `latest` finds none.
+        Rank 0 resolves and verifies it (falling back past incomplete ones) and every rank loads that one."""
+        outcome: Any = None
+        if self.is_main:
+            try:
+                found_path = resolve_resume(self.directory, resume)
+                outcome = ("path", None if found_path is None else str(found_path))
+            except (ConfigError, FileNotFoundError) as e:
+                outcome = (type(e).__name__, str(e))
+        kind, value = self._broadcast(outcome)
+        if kind != "path":
+            raise (FileNotFoundError if kind == "FileNotFoundError" else ConfigError)(value)
+        if value is None:
             return None
+        path = Path(value)
         state = load_checkpoint(path)
         found = state.get("format", 1)
         if found != CHECKPOINT_FORMAT:
@@ -172,16 +335,22 @@ class Checkpointer:
         return path, self.last_saved
 
     def _prune(self) -> None:
-        """Delete all but the newest `keep` complete checkpoints, with their shard folders, and shard folders
-        left without a checkpoint by an interrupted save before the newest complete one."""
+        """Delete all but the newest `keep` checkpoints, with their manifests and shard folders, and shard folders
+        or manifests left without a checkpoint by an interrupted save before the newest one. Called only after
+        the newest checkpoint's manifest is written, so the last good checkpoint outlives its successor's save."""
         complete = list_checkpoints(self.directory)
         for old in complete[:-self.keep]:
-            old.unlink(missing_ok=True)  # first: a checkpoint without its .pt is incomplete, never taken
+            manifest_path(old).unlink(missing_ok=True)  # first: a checkpoint without its manifest is not taken
+            old.unlink(missing_ok=True)
             shutil.rmtree(old.with_suffix(""), ignore_errors=True)
         if not complete:
             return
         newest = complete[-1].with_suffix("").name
-        for folder in self.directory.iterdir():
-            if (folder.is_dir() and re.fullmatch(r"step-\d{9}", folder.name) and folder.name < newest
-                    and not folder.with_name(folder.name + ".pt").exists()):
-                shutil.rmtree(folder, ignore_errors=True)
+        for leftover in self.directory.iterdir():
+            name = leftover.name.removesuffix(".manifest.json")
+            if (re.fullmatch(r"step-\d{9}", name) and name < newest
+                    and not leftover.with_name(name + ".pt").exists()):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)

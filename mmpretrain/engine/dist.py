@@ -142,6 +142,16 @@ def all_gather(value: object) -> list:
     return gathered
 
 
+def broadcast(value: object, src: int = 0) -> object:
+    """Rank `src`'s `value` on every rank (pickled: small objects only). A collective: every rank calls it, the
+    others with any placeholder. Used where one rank decides for all (which checkpoint to resume)."""
+    if not multi_process():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def global_mean(value: torch.Tensor) -> float:
     """The mean of a per-rank scalar over ranks (the global-batch loss). A sync point: only on log steps."""
     if multi_process():
