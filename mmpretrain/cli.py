@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="config file, or a name under configs/ (e.g. demo)")
     train.add_argument("--resume", metavar="latest|PATH", help="continue from the newest or a given checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--allow-changes", metavar="KEY,KEY", default="",
+                       help="at --resume, let these changes that break an exact resume through (a key or a "
+                            "section, e.g. model,data.shards.train), with a warning")
     _add_overrides(train)
 
     evaluate = commands.add_parser("eval", help="zero-shot / retrieval evaluation of a run or a config")
@@ -99,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _load(args.config, args.overrides)
     try:
-        result = train(config, resume=args.resume, overwrite=args.overwrite)
+        allow = [key.strip() for key in args.allow_changes.split(",") if key.strip()]
+        result = train(config, resume=args.resume, overwrite=args.overwrite, allow_changes=allow)
     except Preempted as preempted:
         print(f"{PREEMPTED_LINE}: {preempted}", file=sys.stderr)
         return REQUEUE_EXIT_CODE

@@ -12,12 +12,12 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from mmpretrain.config import RunConfig, config_to_dict, save_config
+from mmpretrain.config import RunConfig, config_to_dict
 from mmpretrain.data.augment import build_train_transform
 from mmpretrain.data.loader import TrainLoader
 from mmpretrain.data.stages import StageEnv
@@ -31,6 +31,7 @@ from mmpretrain.engine.schedule import build_scheduler
 from mmpretrain.eval.harness import check_task_data
 from mmpretrain.losses import build_loss
 from mmpretrain.models import BuiltModel, build_model
+from mmpretrain.resume import check_resume, record_config
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, process: ProcessInfo) -> Path:
-    """Create the run directory (rank 0); refuse to silently mix a new run into an old one (every rank)."""
+def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, process: ProcessInfo,
+                    allow_changes: Sequence[str] = ()) -> Path:
+    """Create the run directory (rank 0); refuse to silently mix a new run into an old one, or to resume with
+    a config that breaks exactness (every rank, before anything is written; mmpretrain/resume.py)."""
     run_dir = config.run_dir
     if not overwrite and resume is None and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume latest to continue it, "
                               "--overwrite to replace it, or choose another run_name")
+    check = check_resume(config, resume, allow_changes)
     barrier()  # every rank has checked before rank 0 changes anything
     if process.is_main:
         if overwrite and resume is None and run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
+        record_config(config, run_dir, check)
     barrier()
     return run_dir
 
 
 def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = None,
-              overwrite: bool = False) -> Run:
+              overwrite: bool = False, allow_changes: Sequence[str] = ()) -> Run:
     """Build every part in dependency order and register the stateful ones (not yet restored)."""
     check_task_data(config.eval)
-    run_dir = prepare_run_dir(config, resume, overwrite, process)
+    run_dir = prepare_run_dir(config, resume, overwrite, process, allow_changes)
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device, process.local_rank)
     built = build_model(config.model)
