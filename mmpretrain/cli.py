@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|export|demo|launch|write-shards`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|export|demo|doctor|launch|write-shards`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", dest="formats", action="append", choices=["safetensors", "bin"],
                         help="weight formats to write (repeatable; default: both)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+    doctor = commands.add_parser("doctor", help="what state a run directory is in: checkpoints, config changes, "
+                                                "lock, skips, last logged step, results")
+    doctor.add_argument("run_dir", help="a run directory (output_dir/run_name)")
 
     # `launch` and `write-shards` are listed for --help only: main() hands their arguments on before parsing.
     commands.add_parser("launch", help="start training: `launch slurm ...` (sbatch) or `launch local ...` "
@@ -140,6 +144,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.data_root, args.output_dir, args.overrides)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mmpretrain.doctor import diagnose
+
+    print("\n".join(diagnose(Path(args.run_dir))))
+    return 0
+
+
 _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
 
 # Commands with a parser of their own, in the repository's launch/ and data_tools/ folders (installed as these
@@ -160,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)
-    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
+    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:
