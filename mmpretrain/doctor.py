@@ -35,7 +35,9 @@ def newest_loadable(run_dir: Path) -> tuple[Optional[Path], Optional[dict[str, A
             state = load_checkpoint(path)
             int(state["step"])
         except Exception as e:  # noqa: BLE001 - any failure to read makes it unusable
-            skipped.append(f"  skipped: {path.name} does not load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+            skipped.append(f"  skipped: {path.name} does not load ({reason}); `--resume latest` would fail on it, "
+                           "pass the last complete one's path")
             continue
         return path, state, skipped
     return None, None, skipped
