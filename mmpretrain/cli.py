@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|export|demo|launch|write-shards`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|export|demo|doctor|launch|write-shards`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="config file, or a name under configs/ (e.g. demo)")
     train.add_argument("--resume", metavar="latest|PATH", help="continue from the newest or a given checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--allow-changes", metavar="KEY,KEY", default="",
+                       help="at --resume, let these changes that break an exact resume through (a key or a "
+                            "section, e.g. model,data.shards.train), with a warning")
     _add_overrides(train)
 
     evaluate = commands.add_parser("eval", help="zero-shot / retrieval evaluation of a run or a config")
@@ -45,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", dest="formats", action="append", choices=["safetensors", "bin"],
                         help="weight formats to write (repeatable; default: both)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+
+    doctor = commands.add_parser("doctor", help="what state a run directory is in: checkpoints, config changes, "
+                                                "lock, skips, last logged step, results")
+    doctor.add_argument("run_dir", help="a run directory (output_dir/run_name)")
 
     # `launch` and `write-shards` are listed for --help only: main() hands their arguments on before parsing.
     commands.add_parser("launch", help="start training: `launch slurm ...` (sbatch) or `launch local ...` "
@@ -102,7 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _load(args.config, args.overrides)
     try:
-        result = train(config, resume=args.resume, overwrite=args.overwrite)
+        allow = [key.strip() for key in args.allow_changes.split(",") if key.strip()]
+        result = train(config, resume=args.resume, overwrite=args.overwrite, allow_changes=allow)
     except Preempted as preempted:
         print(f"{PREEMPTED_LINE}: {preempted}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
@@ -143,6 +151,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.data_root, args.output_dir, args.overrides)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mmpretrain.doctor import diagnose
+
+    print("\n".join(diagnose(Path(args.run_dir))))
+    return 0
+
+
 _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
 
 # Commands with a parser of their own, in the repository's launch/ and data_tools/ folders (installed as these
@@ -163,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)
-    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
+    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError) as e:

@@ -12,12 +12,12 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from mmpretrain.config import RunConfig, config_to_dict, save_config
+from mmpretrain.config import RunConfig, config_to_dict
 from mmpretrain.data.augment import build_train_transform
 from mmpretrain.data.loader import TrainLoader
 from mmpretrain.data.stages import StageEnv
@@ -33,6 +33,7 @@ from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import check_task_data
 from mmpretrain.losses import build_loss
 from mmpretrain.models import BuiltModel, build_model
+from mmpretrain.resume import check_resume, record_config
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool,
-                    process: ProcessInfo) -> tuple[Path, Optional[RunLock]]:
+def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, process: ProcessInfo,
+                    allow_changes: Sequence[str] = ()) -> tuple[Path, Optional[RunLock]]:
     """Lock the run directory (rank 0, before anything in it changes; every rank learns the outcome), refuse to
-    silently mix a new run into an old one (every rank), then create it (rank 0). The lock is rank 0's."""
+    silently mix a new run into an old one, or to resume with a config that breaks exactness (every rank, before
+    anything is written; mmpretrain/resume.py), then create it (rank 0). The lock is rank 0's."""
     run_dir = config.run_dir
     lock, refused = None, None
     if process.is_main:
@@ -79,6 +81,7 @@ def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool,
         if not overwrite and resume is None and (run_dir / "checkpoints").exists():
             raise FileExistsError(f"{run_dir} already holds a run: pass --resume latest to continue it, "
                                   "--overwrite to replace it, or choose another run_name")
+        check = check_resume(config, resume, allow_changes)
         barrier()  # every rank has checked before rank 0 changes anything
         if process.is_main:
             if overwrite and resume is None and run_dir.exists():
@@ -86,7 +89,7 @@ def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool,
                     if entry.name != LOCK_NAME:  # the lock stays: this job holds it
                         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / "config.yaml")
+            record_config(config, run_dir, check)
         barrier()
     except BaseException:
         if lock is not None:
@@ -96,10 +99,10 @@ def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool,
 
 
 def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = None,
-              overwrite: bool = False) -> Run:
+              overwrite: bool = False, allow_changes: Sequence[str] = ()) -> Run:
     """Build every part in dependency order and register the stateful ones (not yet restored)."""
     check_task_data(config.eval)
-    run_dir, lock = prepare_run_dir(config, resume, overwrite, process)
+    run_dir, lock = prepare_run_dir(config, resume, overwrite, process, allow_changes)
     try:
         return _build_parts(config, process, run_dir, lock)
     except BaseException:

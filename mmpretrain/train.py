@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
@@ -34,12 +34,14 @@ class TrainResult:
     results: dict[str, float]
 
 
-def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = False) -> TrainResult:
-    """Train `config` to `train.steps`, evaluating every `eval.every_steps` and at the end."""
+def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = False,
+          allow_changes: Sequence[str] = ()) -> TrainResult:
+    """Train `config` to `train.steps`, evaluating every `eval.every_steps` and at the end. At resume, a change
+    that breaks exactness is refused unless `allow_changes` names its key (mmpretrain/resume.py)."""
     process = detect_process()
     init_distributed(process, require_group=config.engine.name == "deepspeed")
     try:
-        run = build_run(config, process, resume, overwrite)
+        run = build_run(config, process, resume, overwrite, allow_changes)
         start = _restore(run, resume)
         return _loop(run, start)
     finally:

@@ -86,3 +86,42 @@ def test_deepspeed_cpu_adamw_takes_the_same_steps_as_torch_adamw(monkeypatch, tm
             scheduler.step()
     for (name, a), (_, b) in zip(reference.named_parameters(), candidate.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _trained_scheduler(config, total_steps, steps):
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_torch_adamw(model, config)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_restored_schedule_is_unchanged_when_the_config_is():
+    config = OptimConfig(lr=1.0, warmup_steps=2)
+    _, optimizer, scheduler = _trained_scheduler(config, 10, 4)
+    model2 = torch.nn.Linear(2, 2)
+    optimizer2 = build_torch_adamw(model2, config)
+    scheduler2 = build_scheduler(optimizer2, config, 10)
+    optimizer2.load_state_dict(optimizer.state_dict())
+    scheduler2.load_state_dict(scheduler.state_dict())
+    assert [g["lr"] for g in optimizer2.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    scheduler.step(), scheduler2.step()
+    assert scheduler2.get_last_lr() == scheduler.get_last_lr()
+
+
+def test_a_schedule_changed_at_restore_takes_effect_from_the_restored_step():
+    old = OptimConfig(lr=1.0, warmup_steps=2)
+    _, optimizer, scheduler = _trained_scheduler(old, 10, 4)
+    new = OptimConfig(lr=0.1, warmup_steps=2, min_lr_ratio=0.5)
+    model2 = torch.nn.Linear(2, 2)
+    optimizer2 = build_torch_adamw(model2, new)
+    scheduler2 = build_scheduler(optimizer2, new, 20)
+    optimizer2.load_state_dict(optimizer.state_dict())  # carries the old lrs
+    scheduler2.load_state_dict(scheduler.state_dict())
+    assert scheduler2.last_epoch == 4
+    expected = 0.1 * warmup_cosine(4, 2, 20, 0.5)
+    assert [g["lr"] for g in optimizer2.param_groups] == pytest.approx([expected, expected])
+    optimizer2.step(), scheduler2.step()
+    assert scheduler2.get_last_lr() == pytest.approx([0.1 * warmup_cosine(5, 2, 20, 0.5)] * 2)

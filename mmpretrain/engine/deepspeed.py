@@ -28,6 +28,7 @@ from torch import nn
 from mmpretrain.engine.base import EngineBase, StepReport
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
+from mmpretrain.engine.schedule import WarmupCosineLR, apply_schedule
 from mmpretrain.paths import configs_dir
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,8 @@ class DeepSpeedEngine(EngineBase):
             self.engine._config.load_universal_checkpoint = False
         if path is None:
             raise FileNotFoundError(f"could not load DeepSpeed checkpoint {folder}")
+        if isinstance(self.scheduler, WarmupCosineLR):
+            apply_schedule(self.scheduler)  # the ZeRO optimizer's restored param groups carry the saved lrs
 
 
 def _universal_checkpoint(folder: Path) -> Path:

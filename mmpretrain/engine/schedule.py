@@ -75,7 +75,30 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total_steps, config.min_lr_ratio))
+def apply_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set every param group's lr to the schedule's value at the scheduler's step, from its base lrs: after a
+    restore, the optimizer's saved lrs (the old schedule's) give way to this run's `optim` settings."""
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, base, lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lrs):
+        group["initial_lr"], group["lr"] = base, lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports
+
+
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """warmup_cosine over the configured lr. A restored state brings back the step, not the old schedule: the
+    base lrs stay this run's `optim.lr` and the lambda its warmup / min_lr_ratio / total steps, so a schedule
+    changed at resume takes effect from the restored step (unchanged, it gives the same lrs as before)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> None:
+        super().__init__(optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total_steps,
+                                                               config.min_lr_ratio))
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        base_lrs = list(self.base_lrs)
+        super().load_state_dict(state_dict)
+        self.base_lrs = base_lrs
+        apply_schedule(self)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> WarmupCosineLR:
+    return WarmupCosineLR(optimizer, config, total_steps)
