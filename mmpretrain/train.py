@@ -42,8 +42,11 @@ def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = Fal
     init_distributed(process, require_group=config.engine.name == "deepspeed")
     try:
         run = build_run(config, process, resume, overwrite, allow_changes)
-        start = _restore(run, resume)
-        return _loop(run, start)
+        try:
+            return _loop(run, _restore(run, resume))
+        finally:
+            if run.lock is not None:
+                run.lock.release()  # the run directory is free again, also after an error or a preemption
     finally:
         shutdown()
 
