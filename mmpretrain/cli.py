@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mmpretrain.config import RunConfig, load_config
-from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.errors import ConfigError, DataError, StorageError
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -181,10 +181,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
-        # Bad input is the user's to fix: say what is wrong in one line, without a traceback.
+    except (ConfigError, FileNotFoundError, FileExistsError, PermissionError) as e:
+        # Bad input is the user's to fix: say what is wrong in one line, without a traceback. (PermissionError's
+        # message names the path: an output or checkpoint directory that cannot be written.)
         print(f"mmpretrain {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except StorageError as e:  # a full disk while saving: one line naming the errno and the path
+        print(f"mmpretrain {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except DataError as e:  # the data went bad mid-run (checkpoints so far are kept)
         print(f"mmpretrain {args.command}: error: {e}", file=sys.stderr)
         return 3

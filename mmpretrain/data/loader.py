@@ -160,6 +160,14 @@ class ReaderStream(IterableDataset):
         raise AssertionError("a cursor is endless")
 
 
+def _cause_line(message: str) -> str:
+    """A worker's error as its own one-line message (torch re-raises it with "Caught ... Original Traceback")."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if last.startswith(("mmpretrain.errors.", "DataError")) else last
+
+
 def _as_is(batch: Any) -> Any:
     return batch  # the reader collates whole batches itself
 
@@ -221,7 +229,10 @@ class TrainLoader:
                                 collate_fn=_as_is, persistent_workers=self.config.num_workers > 0,
                                 worker_init_fn=_ignore_preemption_signals)
             self._batches = iter(loader)
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except DataError as e:  # from a worker, torch wraps it in a traceback: keep the cause, one line
+            raise DataError(_cause_line(str(e))) from None
         origin: BatchOrigin = batch.pop("_origin")
         self.readers[origin.reader] = origin.state
         self.last_reader = origin.reader

@@ -16,6 +16,8 @@ from typing import Any
 
 import braceexpand
 
+from mmpretrain.errors import ConfigError
+
 SIZES_FILE = "sizes.json"
 
 # A raw sample as the tar reader yields it: "__key__", "__url__", then one bytes value per declared extension.
@@ -48,7 +50,10 @@ def read_shard_sizes(shards: Iterable[str]) -> dict[str, int] | None:
             if not os.path.exists(sizes_path):
                 return None
             with open(sizes_path) as f:
-                cache[folder] = json.load(f)
+                try:
+                    cache[folder] = json.load(f)
+                except ValueError as e:  # one line naming the file, not a bare JSONDecodeError
+                    raise ConfigError(f"{sizes_path}: not valid JSON ({e})") from None
         count = cache[folder].get(os.path.basename(shard))
         if count is None:
             return None

@@ -20,9 +20,24 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is available")
+            raise ConfigError("train.device=cuda but no CUDA device is available (train.device=auto or cpu runs "
+                              "on the CPU)")
         return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Any]) -> None:
+    """`model.load_state_dict`, with a checkpoint of another model reported in one line, not one per key."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        example = (f"{shapes[0]}: {tuple(state[shapes[0]].shape)} in the checkpoint, {tuple(own[shapes[0]].shape)} "
+                   "here" if shapes else (missing or unexpected)[0])
+        raise ConfigError(f"the checkpoint holds another model than model.name builds: {len(shapes)} shape "
+                          f"mismatches, {len(missing)} missing and {len(unexpected)} unexpected keys (e.g. "
+                          f"{example}); resume with the run's own model config")
+    model.load_state_dict(state)
 
 
 class LocalEngine(EngineBase):
@@ -78,6 +93,6 @@ class LocalEngine(EngineBase):
             raise ConfigError("the checkpoint holds no optimizer state of the local engine (it was written under "
                               "engine.name=deepspeed, whose state is in its step folder): resume it with "
                               "engine.name=deepspeed")
-        self.model.load_state_dict(state["model"])
+        load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
