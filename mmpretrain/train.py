@@ -45,6 +45,7 @@ def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = Fal
         try:
             return _loop(run, _restore(run, resume))
         finally:
+            run.loader.close()  # its workers ignore SIGTERM (they leave preemption to us): stop them for good
             if run.lock is not None:
                 run.lock.release()  # the run directory is free again, also after an error or a preemption
     finally:

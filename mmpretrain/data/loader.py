@@ -20,6 +20,7 @@ import itertools
 import logging
 import random
 import signal
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -180,6 +181,20 @@ def _ignore_preemption_signals(worker: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _stop_workers(batches: Any) -> None:
+    """Stop a DataLoader iterator's workers for good. torch's own shutdown asks them to exit and, failing that,
+    sends SIGTERM, which our workers ignore (see above): whoever is still alive after the polite request gets
+    SIGKILL, so neither the loader's owner nor the interpreter's exit (which joins child processes) can hang."""
+    workers = list(getattr(batches, "_workers", ()))
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
 def _identity_sum(counts: list[int]) -> list[int]:
     return counts
 
@@ -217,18 +232,24 @@ class TrainLoader:
         self.budget = SkipBudget(config.max_skip_fraction, config.skip_window)
         self._all_sum, self._all_gather = all_sum, all_gather
         self._batches: Optional[Iterator[dict[str, Any]]] = None
+        self._stop: Optional[weakref.finalize] = None
+        self._closed = False
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
             yield self.next_batch()
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        if self._closed:
+            raise RuntimeError("this TrainLoader is closed")
         if self._batches is None:  # workers start here, from the state loaded (or not) before
             self.stream.start = ReadersStart(self.batches % self.num_readers, dict(self.readers))
             loader = DataLoader(self.stream, batch_size=None, num_workers=self.config.num_workers,
                                 collate_fn=_as_is, persistent_workers=self.config.num_workers > 0,
                                 worker_init_fn=_ignore_preemption_signals)
             self._batches = iter(loader)
+            # Also at interpreter exit, before multiprocessing joins the workers (it would wait forever)
+            self._stop = weakref.finalize(self, _stop_workers, self._batches)
         try:
             batch = next(self._batches)
         except DataError as e:  # from a worker, torch wraps it in a traceback: keep the cause, one line
@@ -239,6 +260,14 @@ class TrainLoader:
         self.ledger.record(origin.samples, origin.skips)
         self.batches += 1
         return batch
+
+    def close(self) -> None:
+        """Stop the workers (idempotent). The training run closes its loader on every way out: a normal end, an
+        error, a preemption. A closed loader cannot hand out batches any more."""
+        if self._stop is not None:
+            self._stop()
+        self._batches = None
+        self._closed = True
 
     # -- skips -------------------------------------------------------------------------------------------------
 
