@@ -67,7 +67,8 @@ def resolved_shards(config: RunConfig) -> dict[str, list[str]]:
     data = config.data
     if not data.train and not data.sources:
         return {}
-    return {s.name: list(s.shards) for s in resolve_sources(data.train, data.sources, data.allow_shell_urls)}
+    sources = resolve_sources(data.train, data.sources, data.allow_shell_urls, data.allow_missing_shards)
+    return {s.name: list(s.shards) for s in sources}
 
 
 def shard_differences(old: Mapping[str, list[str]], new: Mapping[str, list[str]]) -> dict[str, tuple[Any, Any]]:

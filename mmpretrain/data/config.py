@@ -29,6 +29,7 @@ class DataConfig:
     max_skip_fraction: float = 0.05                  # stop when more of a window of samples was skipped
     skip_window: int = 10_000                        # samples (all ranks) the skipped fraction is judged over
     allow_shell_urls: bool = False                   # let webdataset open pipe:/http:/s3: specs (runs commands)
+    allow_missing_shards: bool = False               # a brace pattern naming absent shards: warn, read the rest
     stages: list[str] = field(default_factory=list)  # per-sample stages by registered name (data/stages.py);
     #                                                  empty: the image-text default (+ negatives when asked)
 

@@ -32,7 +32,8 @@ from mmpretrain.data.config import DataConfig, declared_members
 from mmpretrain.data.cursor import CursorState, PassPlan, ShardSpan, SourceCursor, leftover_spans
 from mmpretrain.data.safe_tar import ShardFailure
 from mmpretrain.data.skips import SampleSkipped, SkipBudget, SkipEvent, SkipLedger, skip_metrics, too_many_skips
-from mmpretrain.data.sources import Source, StreamInfo, check_shard_count, resolve_sources
+from mmpretrain.data.sources import (Source, StreamInfo, batch_repeats_samples, check_shard_count,
+                                     resolve_sources)
 from mmpretrain.data.stages import SampleContext, Stage, StageEnv, build_stages, run_stages
 from mmpretrain.errors import ConfigError, DataError
 
@@ -215,7 +216,8 @@ class TrainLoader:
                  all_sum: Callable[[list[int]], list[int]] = _identity_sum,
                  all_gather: Callable[[Any], list[Any]] = _identity_gather) -> None:
         config.validate()
-        sources = resolve_sources(config.train, config.sources, config.allow_shell_urls)
+        sources = resolve_sources(config.train, config.sources, config.allow_shell_urls,
+                                  config.allow_missing_shards)
         if not config.resampled:  # resampled readers each draw from all shards: any count feeds any number
             for source in sources:
                 check_shard_count(len(source.shards), world_size, config.num_workers,
@@ -224,6 +226,10 @@ class TrainLoader:
         self.rank, self.world_size = rank, world_size
         self.num_readers = max(config.num_workers, 1)
         self.info = StreamInfo(sources, config.resampled)
+        for source in sources if rank == 0 else ():
+            repeats = batch_repeats_samples(source, config.batch_size, world_size * self.num_readers)
+            if repeats:
+                log.warning(repeats)
         self.stream = ReaderStream(sources, build_stages(env), config, seed, rank, world_size)
         self.readers: dict[int, ReaderState] = {}
         self.last_reader: Optional[int] = None  # the reader of the batch handed out last

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import braceexpand
+import logging
 
 from mmpretrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SIZES_FILE = "sizes.json"
 
@@ -24,13 +27,26 @@ SIZES_FILE = "sizes.json"
 RawSample = dict[str, Any]
 
 
-def expand_shards(spec: str) -> list[str]:
-    """Resolve a shard spec (directory, glob or brace pattern) into a sorted list of existing tar paths."""
+def expand_shards(spec: str, allow_missing: bool = False) -> list[str]:
+    """Resolve a shard spec (directory, glob or brace pattern) into a sorted list of existing tar paths.
+
+    A brace pattern names its shards one by one, so a name that does not exist is a lost shard (a failed copy,
+    a writer still running), not a choice: refused unless `allow_missing` (then logged as a warning).
+    """
     path = Path(spec)
     if path.is_dir():
         shards = sorted(str(p) for p in path.glob("*.tar"))
     elif any(ch in spec for ch in "{*?["):
-        shards = sorted({s for pattern in braceexpand.braceexpand(spec) for s in glob.glob(pattern)})
+        names = list(braceexpand.braceexpand(spec))
+        shards = sorted({s for pattern in names for s in glob.glob(pattern)})
+        missing = [n for n in names if not any(ch in n for ch in "*?[") and not os.path.exists(n)]
+        if missing and shards:
+            what = (f"{len(missing)} of the {len(names)} shards named by {spec!r} do not exist (first: "
+                    f"{missing[0]})")
+            if not allow_missing:
+                raise FileNotFoundError(f"{what}; copy them, fix the pattern, or set data.allow_missing_shards=true "
+                                        "to read the ones present")
+            log.warning("%s; reading the %d present (data.allow_missing_shards=true)", what, len(shards))
     else:
         shards = [spec] if path.is_file() else []
     if not shards:

@@ -66,7 +66,8 @@ def named_sources(train: list[str], sources: list[SourceConfig], allow_shell_url
     return list(zip(names, configs))
 
 
-def resolve_sources(train: list[str], sources: list[SourceConfig], allow_shell_urls: bool) -> list[Source]:
+def resolve_sources(train: list[str], sources: list[SourceConfig], allow_shell_urls: bool,
+                    allow_missing_shards: bool = False) -> list[Source]:
     """`data.train` (one source) or `data.sources` (a weighted mixture): exactly one of them."""
     named = named_sources(train, sources, allow_shell_urls)
     if not named:
@@ -75,14 +76,14 @@ def resolve_sources(train: list[str], sources: list[SourceConfig], allow_shell_u
     total = sum(config.weight for _, config in named)
     resolved = []
     for name, config in named:
-        shards = [s for spec in config.shards for s in _expand(spec)]
+        shards = [s for spec in config.shards for s in _expand(spec, allow_missing_shards)]
         resolved.append(Source(name, shards, config.weight / total, read_shard_sizes(shards)))
     return resolved
 
 
-def _expand(spec: str) -> list[str]:
+def _expand(spec: str, allow_missing: bool) -> list[str]:
     # An allowed URL spec (pipe:, http:) is a brace pattern of URLs, not files to look for on disk.
-    return list(braceexpand.braceexpand(spec)) if is_url(spec) else expand_shards(spec)
+    return list(braceexpand.braceexpand(spec)) if is_url(spec) else expand_shards(spec, allow_missing)
 
 
 def assign_shards(shards: list[str], seed: int, epoch: int, slot: int, slots: int) -> list[str]:
@@ -104,6 +105,18 @@ def check_shard_count(num_shards: int, world_size: int, num_workers: int, source
         raise ConfigError(f"data: {where}{num_shards} shards cannot feed {world_size} ranks x {max(num_workers, 1)} "
                           f"workers = {readers} readers; write more, smaller shards, lower data.num_workers, "
                           "or set data.resampled=true")
+
+
+def batch_repeats_samples(source: Source, batch_size: int, readers: int) -> Optional[str]:
+    """Why one batch of a reader would hold the same sample twice, or None: a reader reads its share of an epoch
+    and starts the next one, so a batch bigger than that share repeats samples within the batch (duplicate
+    positives, which a contrastive loss counts as each other's negatives)."""
+    count = source.samples_per_epoch
+    if count is None or batch_size * readers <= count:
+        return None
+    return (f"data.batch_size={batch_size} is larger than the ~{count // readers} samples each of the {readers} "
+            f"readers gets per epoch of source {source.name!r} ({count} samples): batches will repeat samples; "
+            "use fewer workers or ranks, a smaller batch, or more data")
 
 
 @dataclass(frozen=True)

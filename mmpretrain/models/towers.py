@@ -4,6 +4,8 @@ configs/models/. We never write a ViT; we take open_clip's towers, tokenizer and
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -36,6 +38,24 @@ class ModelConfig:
             raise ConfigError(f"model.name: unknown model {self.name!r}: not an open_clip config nor one in "
                               f"{configs_dir() / 'models'} (see open_clip.list_models())")
         require(self.max_logit_scale > 0, "model.max_logit_scale", self.max_logit_scale, "> 0")
+        if self.pretrained:
+            check_pretrained(self.name, self.pretrained)
+
+
+def check_pretrained(name: str, pretrained: str) -> None:
+    """`model.pretrained` is one of open_clip's tags for the model or an existing file: said in one line at
+    config time, not as open_clip's traceback after the towers were built."""
+    if os.path.isfile(pretrained):
+        return
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained in tags:
+        return
+    looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    if looks_like_path:
+        raise ConfigError(f"model.pretrained: no such file {pretrained!r}")
+    known = ", ".join(tags) if tags else "none (give a local checkpoint file)"
+    raise ConfigError(f"model.pretrained: {pretrained!r} is neither a file nor an open_clip pretrained tag of "
+                      f"{name!r} (its tags: {known})")
 
 
 @dataclass
@@ -76,9 +96,19 @@ def build_model(config: ModelConfig) -> BuiltModel:
     # force_custom_text gives the text tower its own module (clip.text), so each tower is one nn.Module.
     # nonscalar_logit_scale makes scale and bias shape [1]: DeepSpeed 0.19's start-up broadcast views every
     # parameter as bytes, which fails on 0-dim tensors. Export squeezes them back to open_clip's scalars.
-    clip, _, eval_transform = open_clip.create_model_and_transforms(
-        config.name, pretrained=config.pretrained, force_custom_text=True, nonscalar_logit_scale=True,
-        **head_kwargs)
+    try:
+        clip, _, eval_transform = open_clip.create_model_and_transforms(
+            config.name, pretrained=config.pretrained, force_custom_text=True, nonscalar_logit_scale=True,
+            **head_kwargs)
+    except Exception as e:
+        if not config.pretrained:
+            raise
+        # A corrupt or foreign file (torch.load's weights-only refusal spans many lines), a failed download
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError):  # torch's message suggests weights_only=False: never here
+            cause = "torch.load (weights only) refused it: the file is corrupt or holds pickled objects"
+        raise ConfigError(f"model.pretrained: cannot load {config.pretrained!r} into {config.name!r}: "
+                          f"{cause}") from None
     model = MultiTower(
         towers={"image": clip.visual, "text": clip.text},
         logit_scale=clip.logit_scale,
