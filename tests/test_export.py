@@ -149,12 +149,31 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]
 
 
+def _rewrite(path: Path, state: dict) -> None:
+    """Edit a checkpoint by hand, as an older version without manifests would have written it: the manifest of
+    the original would (rightly) refuse the edited file."""
+    torch.save(state, path)
+    path.with_name(path.stem + ".manifest.json").unlink()
+
+
+def test_export_refuses_a_corrupt_newest_checkpoint_and_takes_the_newest_intact_one(tmp_path: Path, caplog) -> None:
+    _trained_run(tmp_path / "run")
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert len(checkpoints) >= 2, checkpoints
+    checkpoints[-1].write_bytes(checkpoints[-1].read_bytes()[:1000])  # truncated by a full disk or a kill
+    out = export_open_clip(tmp_path / "run", tmp_path / "export", formats=("bin",))
+    exported = open_clip.create_model("local-dir:" + str(out))
+    intact = torch.load(checkpoints[-2], weights_only=True)["engine"]["model"]["logit_scale"]
+    assert torch.equal(exported.logit_scale.detach().reshape(-1), intact.reshape(-1))  # the step before, not a fresh init
+    assert f"skipped incomplete checkpoint(s)" in caplog.text and checkpoints[-1].name in caplog.text
+
+
 def test_export_fails_loudly_on_unmatched_keys(tmp_path: Path) -> None:
     _trained_run(tmp_path / "run")
     path = tmp_path / "run" / "checkpoints" / "step-000000003.pt"
     state = torch.load(path, weights_only=True)
     state["engine"]["model"]["towers.audio.proj"] = torch.zeros(2)
-    torch.save(state, path)
+    _rewrite(path, state)
     with pytest.raises(ValueError, match="towers.audio.proj"):
         export_open_clip(tmp_path / "run", tmp_path / "export")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
@@ -184,7 +203,7 @@ def test_export_reads_the_model_section_of_config_yaml_when_the_checkpoint_has_n
     state = torch.load(path, weights_only=True)
     save_config(load_config(None, ["model.name=mmp-test-micro", "model.init_logit_bias=-10"]),
                 tmp_path / "run" / "config.yaml")
-    torch.save({k: v for k, v in state.items() if k != "config"}, path)
+    _rewrite(path, {k: v for k, v in state.items() if k != "config"})
     out = export_open_clip(path, tmp_path / "export", formats=("bin",))
     assert json.loads((out / "open_clip_config.json").read_text())["model_cfg"]["init_logit_bias"] == -10.0
     _assert_same_embeddings(ours, open_clip.create_model("local-dir:" + str(out)))

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
-from mmpretrain.engine.checkpoint import list_checkpoints, load_checkpoint, model_state
+from mmpretrain.engine.checkpoint import load_checkpoint, model_state, resolve_resume
 from mmpretrain.errors import ConfigError
 from mmpretrain.models.towers import ModelConfig, register_project_configs
 
@@ -94,19 +94,15 @@ def to_open_clip_state_dict(model_state: Mapping[str, torch.Tensor], custom_text
 
 
 def _resolve_checkpoint(source: Path) -> Path:
-    """A checkpoint file as given, or the newest one in a run directory (or its checkpoints/ folder). A DeepSpeed
-    tag folder (checkpoints/step-N/) stands for the consolidated step-N.pt that DeepSpeed saves beside it."""
-    if source.is_file():
-        return source
-    if source.is_dir() and source.with_name(source.name + ".pt").is_file():
-        return source.with_name(source.name + ".pt")
-    if not source.is_dir():
+    """A checkpoint file as given, or the newest intact one in a run directory (or its checkpoints/ folder), as
+    resume finds it: verified against its manifest, a corrupt newest one skipped with a warning. A DeepSpeed tag
+    folder (checkpoints/step-N/) stands for the consolidated step-N.pt that DeepSpeed saves beside it."""
+    if not source.exists():
         raise FileNotFoundError(f"export source {source} is neither a run directory nor a checkpoint file")
-    folder = source if source.name == "checkpoints" else source / "checkpoints"
-    found = list_checkpoints(folder)
-    if not found:
-        raise FileNotFoundError(f"no checkpoints in {folder}")
-    return found[-1]
+    found = resolve_resume(source, str(source))
+    if found is None:
+        raise FileNotFoundError(f"no checkpoints in {source}")
+    return found
 
 
 def _model_section(checkpoint: Mapping[str, Any], checkpoint_file: Path) -> dict[str, Any]:
