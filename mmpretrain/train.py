@@ -7,7 +7,6 @@ run directory, logs, keeps evaluation results), everything else is identical on 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from mmpretrain.config import RunConfig, config_to_dict
+from mmpretrain.divergence import NonFiniteGuard
 from mmpretrain.engine.dist import all_true, barrier, detect_process, global_mean, init_distributed, shutdown
 from mmpretrain.engine.metrics import MetricsLog, NoMetrics
 from mmpretrain.engine.preemption import Preempted, PreemptionWatch
@@ -69,7 +69,7 @@ def _loop(run: Run, start: int) -> TrainResult:
                  run.process.world_size)
     loss, results = torch.tensor(float("nan"), device=engine.device), {}
     meter = _Throughput(run.samples_per_step)
-    guard = _NonFiniteGuard(run)
+    guard = NonFiniteGuard(run)
     progress = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                     disable=not (config.progress and is_main))
     with _metrics_log(run) as metrics, PreemptionWatch() as preemption:
@@ -112,42 +112,6 @@ def _save(run: Run, step: int) -> None:
         raise TrainingError(f"step {step}: the model holds non-finite weights (NaN/inf); no checkpoint written "
                             f"(the run diverged: lower optim.lr)")
     run.checkpointer.save(step)
-
-
-class _NonFiniteGuard:
-    """What to do with a step whose loss or gradient norm was not finite (optim.nonfinite): stop the run there, or
-    count it as skipped (the engine did not apply it) and go on, up to optim.max_skipped_steps. A step the engine
-    could not help applying (DeepSpeed reports the gradient norm after the update) always stops the run."""
-
-    def __init__(self, run: Run) -> None:
-        self.run, self.skipped = run, 0
-
-    def check(self, step: int, loss: torch.Tensor, metrics: Union[MetricsLog, NoMetrics]) -> None:
-        report = self.run.engine.last_step
-        if report.finite:
-            return
-        optim = self.run.config.optim
-        value = global_mean(loss)  # a collective, reached by every rank at this step
-        what = (f"loss {value}" if report.grad_norm is None or not math.isfinite(value)
-                else f"gradient norm {report.grad_norm}")
-        self.skipped += int(not report.applied)
-        if optim.nonfinite == "skip" and not report.applied and self.skipped <= optim.max_skipped_steps:
-            if self.run.process.is_main:
-                log.warning("step %d: %s is not finite: step skipped (%d of at most %d)", step, what, self.skipped,
-                            optim.max_skipped_steps)
-            return
-        metrics.write(step, loss=value, **{"train/skipped_steps": self.skipped,
-                                           "train/nonfinite_step": step})
-        if optim.nonfinite == "skip" and not report.applied:
-            reason = f"more than optim.max_skipped_steps={optim.max_skipped_steps} steps skipped"
-        elif optim.nonfinite == "skip":
-            reason = "the update was already applied (DeepSpeed reports the gradient norm after it)"
-        else:
-            reason = "optim.nonfinite=stop (or skip, to drop such steps)"
-        last = self.run.checkpointer.last_saved
-        kept = f"the last checkpoint is step {last}" if last else "no checkpoint was written"
-        raise TrainingError(f"step {step}: {what} is not finite, the run diverged; stopped before any checkpoint of "
-                            f"it ({reason}; {kept}; lower optim.lr?)")
 
 
 def _eval_due(run: Run, step: int) -> bool:
