@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,6 +38,20 @@ from mmpretrain.resume import check_resume, record_config
 log = logging.getLogger(__name__)
 
 
+class TrainProgress:
+    """What the run has consumed so far, counted rather than derived from the step: after an elastic resume onto
+    another number of ranks, `step * samples_per_step` would count the old steps at the new batch size."""
+
+    def __init__(self) -> None:
+        self.samples_seen: Optional[int] = None  # None: not restored (a fresh run, or a checkpoint that predates it)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"samples_seen": int(self.samples_seen or 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.samples_seen = int(state["samples_seen"])
+
+
 @dataclass
 class Run:
     """Everything a training loop touches."""
@@ -50,6 +64,7 @@ class Run:
     engine: Engine
     checkpointer: Checkpointer
     lock: Optional[RunLock] = None  # rank 0's lock of run_dir: `lock.release()` when the run ends (also at exit)
+    progress: TrainProgress = field(default_factory=TrainProgress)
 
     @property
     def samples_per_step(self) -> int:
@@ -129,4 +144,6 @@ def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: O
                                 metadata={"config": config_to_dict(config)})
     checkpointer.register("engine", engine, sharded=True)
     checkpointer.register("data", loader, per_rank=True)
-    return Run(config, process, run_dir, built, loader, engine, checkpointer, lock)
+    progress = TrainProgress()
+    checkpointer.register("progress", progress, optional=True)
+    return Run(config, process, run_dir, built, loader, engine, checkpointer, lock, progress)

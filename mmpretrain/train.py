@@ -70,18 +70,21 @@ def _loop(run: Run, start: int) -> TrainResult:
     loss, results = torch.tensor(float("nan"), device=engine.device), {}
     meter = _Throughput(run.samples_per_step)
     guard = NonFiniteGuard(run)
+    if run.progress.samples_seen is None:  # a fresh run, or a checkpoint from before the count was kept
+        run.progress.samples_seen = start * run.samples_per_step
     progress = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                     disable=not (config.progress and is_main))
     with _metrics_log(run) as metrics, PreemptionWatch() as preemption:
         for step in range(start + 1, config.steps + 1):
             loss = engine.train_step([loader.next_batch() for _ in range(config.accum_steps)])
             meter.add_step()
+            run.progress.samples_seen += run.samples_per_step
             progress.update(1)
             guard.check(step, loss, metrics)  # every rank decides alike: the engine's report is all-reduced
             if step % config.log_every == 0 or step == config.steps:
                 skips, over_budget = loader.skip_report()  # collective: every rank, same step
                 record = {"loss": global_mean(loss), "lr": engine.lr, "logit_scale": engine.logit_scale,
-                          "samples_per_s": meter.rate(), "samples_seen": step * run.samples_per_step,
+                          "samples_per_s": meter.rate(), "samples_seen": run.progress.samples_seen,
                           "train/skipped_steps": guard.skipped, **skips}
                 metrics.write(step, **record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")

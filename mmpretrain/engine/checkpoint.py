@@ -206,6 +206,7 @@ class _Part:
     part: Stateful
     per_rank: bool
     sharded: bool
+    optional: bool = False
 
 
 def _gather_one(value: Any) -> list[Any]:
@@ -241,12 +242,15 @@ class Checkpointer:
         self._parts: dict[str, _Part] = {}
         self.last_saved: Optional[int] = None  # the step saved or restored last
 
-    def register(self, name: str, part: Stateful, *, per_rank: bool = False, sharded: bool = False) -> None:
+    def register(self, name: str, part: Stateful, *, per_rank: bool = False, sharded: bool = False,
+                 optional: bool = False) -> None:
         """Add a stateful part. `per_rank`: every rank's state is kept (in rank order) and handed back whole;
-        `sharded`: the part also writes per-rank files (`save_shards(folder)` / `load_shards(folder)`)."""
+        `sharded`: the part also writes per-rank files (`save_shards(folder)` / `load_shards(folder)`);
+        `optional`: a checkpoint written before the part existed still restores (the part keeps its own state),
+        so adding a part does not strand the runs already on disk."""
         if name in self._parts or name in ("format", "step", *self.metadata):
             raise ValueError(f"checkpoint part name {name!r} is taken")
-        self._parts[name] = _Part(part, per_rank, sharded)
+        self._parts[name] = _Part(part, per_rank, sharded, optional)
 
     def save(self, step: int) -> Path:
         """Write step `step` (every rank calls this): shards, `.pt`, manifest; then keep only the newest `keep`.
@@ -324,10 +328,12 @@ class Checkpointer:
             raise ConfigError(f"{path} was written in checkpoint format {found}, this version resumes format "
                               f"{CHECKPOINT_FORMAT}: resume it with the version that wrote it, or evaluate and "
                               "export it (both still read it)")
-        missing = [name for name in self._parts if name not in state]
+        missing = [name for name, entry in self._parts.items() if name not in state and not entry.optional]
         if missing:
             raise ConfigError(f"{path} holds no state for {missing}")
         for name, entry in self._parts.items():
+            if name not in state:
+                continue  # an optional part the checkpoint predates
             entry.part.load_state_dict(state[name])
             if entry.sharded:
                 entry.part.load_shards(path.with_suffix(""))  # type: ignore[attr-defined]
