@@ -1,4 +1,4 @@
-"""The collectives the losses need, all differentiable: gather with gradient and a ring shift.
+"""The collectives the losses need: gather with gradient (fixed or per-rank row counts) and a ring shift.
 
 Everything degrades to the identity in one process (no process group, or a group of one), so the losses run
 unchanged under `python train.py` and under torchrun. Every rank must make the same calls in the same order:
@@ -7,7 +7,7 @@ these are sync points, in forward and again (mirrored) in backward.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,47 @@ class _GatherRows(torch.autograd.Function):
             dist.reduce(part, dst=_global_rank(ctx.group, owner), op=dist.ReduceOp.SUM, group=ctx.group)
         # Clone: a view would keep the whole [N, D] buffer alive inside the feature's gradient.
         return slices[rank].clone(), None
+
+
+def all_gather_counts(count: int, device: torch.device, group: ProcessGroup = None) -> list[int]:
+    """Every rank's `count`, in rank order; no gradient. `device` is where the collective runs (the features').
+
+    Python ints, because they size the buffers of the variable-length collectives that follow, which every rank
+    must call with the same shapes: one host sync per loss call (boolean masking already costs one anyway).
+    """
+    if rank_and_world_size(group)[1] == 1:
+        return [count]
+    gathered = torch.empty(dist.get_world_size(group), dtype=torch.int64, device=device)
+    dist.all_gather_into_tensor(gathered, torch.tensor([count], dtype=torch.int64, device=device), group=group)
+    return gathered.tolist()
+
+
+def pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """`tensor` followed by zero rows up to `rows` in all (differentiable: the padding gets no gradient)."""
+    missing = rows - tensor.shape[0]
+    if missing == 0:
+        return tensor
+    return torch.cat([tensor, tensor.new_zeros((missing, *tensor.shape[1:]))], dim=0)
+
+
+def all_gather_varlen_with_grad(tensor: torch.Tensor, counts: Sequence[int],
+                                group: ProcessGroup = None) -> torch.Tensor:
+    """Concatenate every rank's `tensor` along dim 0 when rank r holds `counts[r]` rows, keeping the graph.
+
+    `counts` must be the same list on every rank (from `all_gather_counts`). Each rank pads to the largest count,
+    the padded blocks are gathered with `all_gather_with_grad` and the padding is cut out again, so the gradient
+    is exactly that of the concatenation: the padding rows receive zero, and each rank gets the sum over ranks of
+    the gradients of its real rows. A rank with no rows still takes part; if every count is zero there is nothing
+    to exchange and every rank returns its own (empty) tensor, a decision all ranks take alike.
+    """
+    rank, world_size = rank_and_world_size(group)
+    if tensor.shape[0] != counts[rank]:
+        raise ValueError(f"rank {rank} holds {tensor.shape[0]} rows but counts says {counts[rank]}")
+    longest = max(counts)
+    if world_size == 1 or longest == 0:
+        return tensor
+    gathered = all_gather_with_grad(pad_rows(tensor, longest), group)
+    return torch.cat([gathered[r * longest:r * longest + n] for r, n in enumerate(counts)], dim=0)
 
 
 def _global_rank(group: ProcessGroup, group_rank: int) -> int:
