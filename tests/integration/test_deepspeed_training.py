@@ -100,3 +100,18 @@ def test_zero2_and_zero3_train_identically_on_two_processes(shards, tmp_path):
     assert records[-1]["samples_seen"] == 4 * 2 * 2 * 2  # steps x micro-batch x accum x ranks
     torch.testing.assert_close(torch.tensor([r["loss"] for r in records]), torch.tensor(losses["zero2"][:4]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_diverging_deepspeed_run_stops_on_every_rank_before_a_nan_checkpoint(shards, tmp_path):
+    """optim.lr=1e6 under ZeRO-2 on 2 ranks: the loss goes non-finite, both ranks stop at the same step with exit 3,
+    and no checkpoint holds NaN (the one of step 1 survives keep-2)."""
+    overrides = micro_overrides(shards, tmp_path / "runs", steps=6) + [
+        "engine.name=deepspeed", "engine.deepspeed_config=zero2", "eval.tasks=[]", "optim.lr=1e6",
+        "train.checkpoint_every=1", "train.log_every=1", "data.batch_size=4"]
+    done = torchrun(2, ["train", "demo", *overrides], tmp_path)
+    assert done.returncode != 0 and "is not finite, the run diverged" in done.stderr, done.stderr[-3000:]
+    checkpoints = list_checkpoints(tmp_path / "runs" / "micro" / "checkpoints")
+    assert checkpoints, "the step before the divergence is kept"
+    for path in checkpoints:
+        state = model_state(load_checkpoint(path))
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path.name
