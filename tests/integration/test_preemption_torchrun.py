@@ -35,15 +35,13 @@ def _losses(run_dir: Path) -> dict[int, float]:
 def test_sigusr1_to_the_launcher_checkpoints_every_rank_and_the_relaunch_continues_exactly(tmp_path):
     write_colour_shards(tmp_path / "shards", n_shards=4, per_shard=8)  # 2 ranks x 2 workers = 4 readers
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".torch_extensions"), "OMP_NUM_THREADS": "1"}
-    whole = subprocess.run(_launch(tmp_path, "whole", 10), cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=180)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    expected = _losses(tmp_path / "runs" / "whole")
-
     run_dir = tmp_path / "runs" / "preempted"
     command = _launch(tmp_path, "preempted", 10)
     launcher = subprocess.Popen([*command, "train.steps=100000"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
+    # The uninterrupted reference runs alongside (the test's time is mostly process start-up, not training)
+    whole_log = (tmp_path / "whole.log").open("w")  # a file, not a pipe nobody reads while waiting: no deadlock
+    whole = subprocess.Popen(_launch(tmp_path, "whole", 10), cwd=REPO, env=env, stdout=whole_log, stderr=whole_log)
     deadline = time.time() + 120
     while not ((run_dir / "metrics.jsonl").exists() and len(_losses(run_dir)) >= 3):
         assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[1][-3000:]
@@ -59,6 +57,8 @@ def test_sigusr1_to_the_launcher_checkpoints_every_rank_and_the_relaunch_continu
     assert len(shards) == 2  # written whole: every rank's optimizer partition
     assert 3 <= stopped_at < 10
 
+    assert whole.wait(timeout=180) == 0, (tmp_path / "whole.log").read_text()[-3000:]
+    expected = _losses(tmp_path / "runs" / "whole")
     resumed = subprocess.run([*command, "--resume", "latest"], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
