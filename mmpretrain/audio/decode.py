@@ -52,10 +52,22 @@ def read_audio(data: bytes | None, limits: AudioConfig) -> tuple[np.ndarray, int
         raise SampleSkipped("audio_unreadable", f"{type(e).__name__}: {e}") from None
     if len(wave) == 0:
         raise SampleSkipped("audio_unreadable", "no audio frames")
-    wave = wave.mean(axis=1, dtype=np.float32) if wave.shape[1] > 1 else wave[:, 0]
+    wave = _mono(wave)
     if not np.isfinite(wave).all():  # float WAV can carry NaN/inf, which would poison the loss
         raise SampleSkipped("audio_unreadable", "non-finite samples")
     return wave, info.samplerate
+
+
+def _mono(frames: np.ndarray) -> np.ndarray:
+    """The mean of the channels of `[frames, channels]`, summed column by column: numpy's mean (or sum) over the
+    short last axis takes ~5 ms for 10 s of 44.1 kHz stereo, about as long as decoding the FLAC, and a matrix-vector
+    product goes through BLAS threads; this takes ~0.15 ms."""
+    mono = frames[:, 0].copy()
+    for channel in range(1, frames.shape[1]):
+        mono += frames[:, channel]
+    if frames.shape[1] > 1:
+        mono *= np.float32(1 / frames.shape[1])
+    return mono
 
 
 def check_silence(wave: np.ndarray, limits: AudioConfig) -> None:
