@@ -22,6 +22,10 @@ SKIP_REASONS = (
     "image_too_large",    # more pixels than data.limits.max_pixels (a decompression bomb), judged from the header
     "image_too_small",    # shorter side below data.limits.min_side (1x1 tracking pixels)
     "aspect_ratio",       # longer / shorter side above data.limits.max_aspect_ratio
+    "audio_missing",      # no audio member (flac/wav/mp3/ogg)
+    "audio_unreadable",   # zero bytes, not a format libsndfile reads, corrupt or truncated, non-finite samples
+    "audio_too_long",     # longer than model.audio.max_seconds, judged from the header before decoding
+    "audio_silent",       # peak amplitude below model.audio.silence_threshold (nothing to hear)
     "caption_missing",    # no .txt member
     "caption_empty",      # .txt holds only whitespace
     "caption_not_utf8",   # .txt is not UTF-8
