@@ -80,9 +80,11 @@ class RunConfig:
         # The data section can batch single samples (tests and tools do); a contrastive loss needs negatives.
         require(self.data.batch_size > 1, "data.batch_size", self.data.batch_size,
                 "> 1: a contrastive batch needs negatives")
-        if self.loss.name == "siglip" and self.model.init_logit_bias is None:
-            raise ConfigError("loss.name=siglip needs the learnable bias: set model.init_logit_bias "
-                              "(SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
+        pairs = self.model.resolved_pairs(self.loss.name)
+        image_text = next((p for p in pairs if p.key == "image_text"), None)
+        if image_text is not None and image_text.loss == "siglip" and self.model.init_logit_bias is None:
+            raise ConfigError("the image-text pair's sigmoid loss (loss.name=siglip) needs the learnable bias: set "
+                              "model.init_logit_bias (SigLIP uses -10, with model.init_logit_scale=2.3, i.e. log 10)")
         optimizer_impl(self.optim, self.engine)  # optim.impl against engine.offload_optimizer
 
 

@@ -27,11 +27,10 @@ from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier, br
 from mmpretrain.engine.factory import StepSettings, build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.engine.runlock import LOCK_NAME, RunLock
-from mmpretrain.engine.objective import ContrastiveObjective
+from mmpretrain.engine.objective import ContrastiveObjective, build_pair_losses
 from mmpretrain.engine.schedule import build_scheduler
 from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import check_task_data
-from mmpretrain.losses import build_loss
 from mmpretrain.models import BuiltModel, build_model
 from mmpretrain.resume import check_resume, record_config
 
@@ -129,13 +128,15 @@ def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = N
 def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: Optional[RunLock]) -> Run:
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device, process.local_rank)
-    built = build_model(config.model)
+    built = build_model(config.model, config.loss.name)
     train_transform = build_train_transform(built.preprocess, config.data.augment)
     loader = TrainLoader(config.data, StageEnv(config.data, train_transform, built.tokenizer), config.train.seed,
                          process.rank, process.world_size, all_sum=all_sum, all_gather=all_gather)
     optimizer = build_optimizer(built.model, config.optim, config.engine, device)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
-    objective = ContrastiveObjective(built.model, build_loss(config.loss), train_transform.device_normalizer())
+    config.loss.validate()
+    objective = ContrastiveObjective(built.model, build_pair_losses(built.model.pairs, config.loss.chunk_size),
+                                     train_transform.device_normalizer())
     step = StepSettings(device, config.train.precision, config.optim.grad_clip, config.data.batch_size,
                         config.train.accum_steps, process.world_size)
     engine = build_engine(config.engine, objective, optimizer, scheduler, step)

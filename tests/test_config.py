@@ -129,7 +129,7 @@ def test_each_section_checks_its_values_at_load(overrides, message):
 
 
 def test_rules_that_span_sections(tmp_path):
-    with pytest.raises(ConfigError, match="loss.name=siglip needs the learnable bias"):
+    with pytest.raises(ConfigError, match=r"sigmoid loss \(loss.name=siglip\) needs the learnable bias"):
         load_config(None, ["loss.name=siglip"])
     load_config(None, ["loss.name=siglip", "model.init_logit_bias=-10"])
     with pytest.raises(ConfigError, match="engine.offload_optimizer needs engine.name=deepspeed"):

@@ -145,9 +145,10 @@ class EngineBase:
         # the first backward's gradients of a step into its buffers and adds the later ones; a first backward
         # that reached the head alone left the towers' buffers holding the previous step's gradients.)
         head = self.objective.head_parameters()
-        grads = torch.autograd.grad(loss, [*features.values(), *head], allow_unused=True)
-        feature_grads = dict(zip(features, grads[:len(features)]))
-        head_grads = grads[len(features):]
+        leaves = {key: value for key, value in features.items() if value.requires_grad}  # not the presence masks
+        grads = torch.autograd.grad(loss, [*leaves.values(), *head], allow_unused=True)
+        feature_grads = dict(zip(leaves, grads[:len(leaves)]))
+        head_grads = grads[len(leaves):]
         for index, (batch, micro) in enumerate(zip(batches, split_grads(features, feature_grads, parts))):
             self._backward(self._forward(batch, mode="surrogate", feature_grads=micro,
                                          head_grads=head_grads if index == 0 else None))

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path, run_dir: Optional[Path] = None,
                    checkpoint: Optional[str] = None, device: str = "auto", progress: bool = True,
                    record: Any = None, random_init: bool = False, overwrite: bool = False,
-                   failures: Optional[dict[str, str]] = None) -> dict[str, float]:
+                   failures: Optional[dict[str, str]] = None, loss_name: str = "clip") -> dict[str, float]:
     """Run `eval_config` on the model of `checkpoint` (default: the newest of `run_dir`; neither given: the model
     as built) and write the flat results to `out`, with `record` beside them (the config that produced them, a
     dataclass or a dict; default: the two sections).
@@ -41,7 +41,7 @@ def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path
                           f"pass --random-init to mean it")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or --out to write elsewhere")
-    built = build_model(model_config)
+    built = build_model(model_config, loss_name)  # the loss kind decides which pair heads exist
     if checkpoint is not None or run_dir is not None:
         directory = run_dir / "checkpoints" if run_dir is not None else Path(".")
         path = resolve_resume(directory, checkpoint or "latest")
@@ -69,4 +69,4 @@ def evaluate_checkpoint(config: Any, run_dir: Optional[Path], checkpoint: Option
     that this module need not import the run config."""
     return evaluate_model(config.model, config.eval, out, run_dir, checkpoint, device=config.train.device,
                           progress=config.train.progress, record=config, random_init=random_init,
-                          overwrite=overwrite, failures=failures)
+                          overwrite=overwrite, failures=failures, loss_name=config.loss.name)

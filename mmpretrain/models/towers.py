@@ -12,9 +12,14 @@ from typing import Callable, Optional
 import open_clip
 import torch
 from PIL import Image
+from torch import nn
 
 from mmpretrain.errors import ConfigError, require
+from mmpretrain.audio.config import AudioConfig
+from mmpretrain.audio.features import LogMel, SpecAugment
+from mmpretrain.models.audio_tower import build_audio_encoder, known_audio_encoders
 from mmpretrain.models.multitower import MultiTower
+from mmpretrain.models.pairs import Pair, PairConfig, resolve_pairs
 from mmpretrain.paths import configs_dir
 
 log = logging.getLogger(__name__)
@@ -23,23 +28,71 @@ ImageTransform = Callable[[Image.Image], torch.Tensor]
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
+TOWERS = ("image", "text", "audio")
+
+
+@dataclass
+class TowerOptions:
+    """`model.image`, `model.text`: what is set per open_clip tower."""
+
+    locked: bool = False  # LiT: frozen (no gradient, no optimizer state, eval mode), e.g. to align a new modality
+
+
+@dataclass
+class AudioTowerConfig(AudioConfig):
+    """`model.audio`: the signal settings (mmpretrain/audio/config.py) plus the encoder that reads them."""
+
+    encoder: str = "mmp-ast-tiny"     # an audio encoder config in configs/models/ (JSON with audio_cfg)
+    pretrained: Optional[str] = None  # a local weights file (.safetensors / .pt): ours, timm's, or AST's layout
+    locked: bool = False
+    # The log-mel (dB) is standardised with these before the encoder, as AST does with its dataset's statistics
+    norm_mean: float = -40.0
+    norm_std: float = 20.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.encoder not in known_audio_encoders():
+            raise ConfigError(f"model.audio.encoder: unknown audio encoder {self.encoder!r}; known: "
+                              f"{known_audio_encoders()}")
+        require(self.norm_std > 0, "model.audio.norm_std", self.norm_std, "> 0")
+        if self.pretrained and not os.path.isfile(self.pretrained):
+            raise ConfigError(f"model.audio.pretrained: no such file {self.pretrained!r}")
+
+
 @dataclass
 class ModelConfig:
-    """Which open_clip model to build and how to initialise the contrastive head."""
+    """Which towers to build (open_clip's image and text towers, our audio tower), which pairs they align, and
+    how the contrastive heads start."""
 
-    name: str = "mmp-tiny-vit"                # open_clip config name, or one in configs/models/
+    name: str = "mmp-tiny-vit"                # open_clip config name (image + text towers), or one in configs/models/
     pretrained: Optional[str] = None          # open_clip pretrained tag or local checkpoint path
-    init_logit_scale: Optional[float] = None  # log of the initial scale; None = open_clip's log(1/0.07)
-    init_logit_bias: Optional[float] = None   # set it (e.g. -10) to create the sigmoid loss's learnable bias
-    max_logit_scale: float = 100.0            # scale is clamped to this after each step, as in CLIP
+    init_logit_scale: Optional[float] = None  # image-text pair: log of the initial scale; None = log(1/0.07)
+    init_logit_bias: Optional[float] = None   # image-text pair: set it (e.g. -10) for the sigmoid loss's bias
+    max_logit_scale: float = 100.0            # every pair's scale is clamped to this, as in CLIP
+    towers: list[str] = field(default_factory=lambda: ["image", "text"])  # any of image, text, audio (>= 2)
+    pairs: list[PairConfig] = field(default_factory=list)  # contrasted pairs (models/pairs.py); empty: all pairs
+    image: TowerOptions = field(default_factory=TowerOptions)
+    text: TowerOptions = field(default_factory=TowerOptions)
+    audio: AudioTowerConfig = field(default_factory=AudioTowerConfig)
 
     def validate(self) -> None:
         if self.name not in known_model_names():
             raise ConfigError(f"model.name: unknown model {self.name!r}: not an open_clip config nor one in "
                               f"{configs_dir() / 'models'} (see open_clip.list_models())")
         require(self.max_logit_scale > 0, "model.max_logit_scale", self.max_logit_scale, "> 0")
+        unknown = [t for t in self.towers if t not in TOWERS]
+        if unknown or len(set(self.towers)) != len(self.towers) or len(self.towers) < 2:
+            raise ConfigError(f"model.towers: name two or more different towers of {list(TOWERS)}, got "
+                              f"{list(self.towers)}")
         if self.pretrained:
             check_pretrained(self.name, self.pretrained)
+        if "audio" in self.towers:
+            self.audio.validate()
+        if all(getattr(self, t).locked for t in self.towers):
+            raise ConfigError("model: every tower is locked (model.<tower>.locked): nothing would train")
+
+    def resolved_pairs(self, default_loss: str = "clip") -> list[Pair]:
+        return resolve_pairs(list(self.pairs), list(self.towers), default_loss)
 
 
 def check_pretrained(name: str, pretrained: str) -> None:
@@ -85,8 +138,37 @@ def known_model_names() -> list[str]:
     return list(open_clip.list_models())
 
 
-def build_model(config: ModelConfig) -> BuiltModel:
-    """Create the towers, transforms and tokenizer for `config.name` through open_clip."""
+class AudioTower(nn.Module):
+    """Waveform -> log-mel (on the device, fp32) -> standardised -> SpecAugment (training only) -> encoder."""
+
+    def __init__(self, config: AudioTowerConfig, encoder: nn.Module) -> None:
+        super().__init__()
+        self.logmel = LogMel(config)
+        self.spec_augment = SpecAugment(config.spec_augment)
+        self.encoder = encoder
+        self.norm_mean, self.norm_std = config.norm_mean, config.norm_std
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        mel = (self.logmel(wave) - self.norm_mean) / self.norm_std
+        return self.encoder(self.spec_augment(mel).to(self.encoder.proj.weight.dtype))
+
+
+def build_audio_tower(config: AudioTowerConfig, embed_dim: Optional[int]) -> AudioTower:
+    """The audio tower `model.audio` names, checked against the shared space and the log-mel it is fed."""
+    encoder = build_audio_encoder(config.encoder, config.pretrained)
+    cfg = encoder.config.audio_cfg
+    if cfg.n_mels != config.n_mels:
+        raise ConfigError(f"model.audio.n_mels={config.n_mels} but the encoder {config.encoder!r} reads "
+                          f"{cfg.n_mels} mel bands")
+    if embed_dim is not None and encoder.output_dim != embed_dim:
+        raise ConfigError(f"model.audio.encoder {config.encoder!r} embeds into {encoder.output_dim} dimensions, the "
+                          f"text tower into {embed_dim}: pick an encoder config with embed_dim {embed_dim}")
+    return AudioTower(config, encoder)
+
+
+def build_model(config: ModelConfig, loss_name: str = "clip") -> BuiltModel:
+    """Create the towers `config.towers` names (image and text through open_clip's factory, audio from timm), the
+    transforms and tokenizer, and a head per contrasted pair (`loss_name`: the pairs' default loss kind)."""
     config.validate()
     head_kwargs = {}
     if config.init_logit_scale is not None:
@@ -109,11 +191,20 @@ def build_model(config: ModelConfig) -> BuiltModel:
             cause = "torch.load (weights only) refused it: the file is corrupt or holds pickled objects"
         raise ConfigError(f"model.pretrained: cannot load {config.pretrained!r} into {config.name!r}: "
                           f"{cause}") from None
+    pairs = config.resolved_pairs(loss_name)
+    towers: dict[str, nn.Module] = {"image": clip.visual, "text": clip.text}
+    if "audio" in config.towers:
+        towers["audio"] = build_audio_tower(config.audio, embed_dim=clip.text.text_projection.shape[1]
+                                            if "text" in config.towers else None)
+    towers = {name: towers[name] for name in config.towers}
+    has_image_text = any(p.key == "image_text" for p in pairs)
     model = MultiTower(
-        towers={"image": clip.visual, "text": clip.text},
-        logit_scale=clip.logit_scale,
-        logit_bias=getattr(clip, "logit_bias", None),
+        towers=towers,
+        logit_scale=clip.logit_scale if has_image_text else None,
+        logit_bias=getattr(clip, "logit_bias", None) if has_image_text else None,
         max_logit_scale=config.max_logit_scale,
+        pairs=pairs,
+        locked=[name for name in config.towers if getattr(config, name).locked],
     )
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built %s: %.2fM parameters", config.name, n_params / 1e6)
