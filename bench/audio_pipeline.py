@@ -4,19 +4,22 @@ log-mel on the training device against librosa's per-clip melspectrogram.
 Clips: `--clips` generated ~10 s, 44.1 kHz stereo, 16-bit FLAC (tones with harmonics and noise under moving
 envelopes, so FLAC compresses them about as much as music), target 16 kHz mono 10 s clips (model.audio defaults).
 
-- worker path, in this process with one torch thread (as in a DataLoader worker), per clip:
+- worker path, in this process with one torch thread (as DataLoader workers have) and one BLAS thread, per clip:
   ours = read_audio (soundfile, header checked first) + silence check + resample (soxr HQ) + random crop +
   to_transport (int16); baseline = librosa.load(sr=16000) (soundfile, mono mix, soxr HQ: what LAION-CLAP's
   loaders call) + the same random crop + float32 tensor. Stage times for ours are reported too.
 - hand-over: one DataLoader worker, batches of --batch, samples/s seen by the training process, with the
   bytes each sample takes in the batch (int16 vs float32).
-- log-mel per batch of --batch clips on the CPU: LogMel (torch.stft, 1 and 2 threads) vs librosa's
-  melspectrogram + power_to_db clip by clip (numpy's FFT, single-threaded), same settings.
+- log-mel per batch of --batch clips on the CPU: LogMel (torch.stft, 1 and 2 torch threads) vs librosa's
+  melspectrogram + power_to_db clip by clip (numpy's FFT; 1 and 2 BLAS threads for its mel product), same
+  settings. Threads are capped (threadpoolctl) because idle BLAS threads spinning on a busy 2-core machine made
+  librosa's figure swing by over 10x between rounds.
 
     python bench/audio_pipeline.py                       # 64 clips, 3 rounds
     python bench/audio_pipeline.py --clips 16 --rounds 1 # a quick look
 
-Figures are medians over alternating rounds; ratios are ours / baseline (above 1: ours is faster).
+Figures are medians over alternating rounds; ratios are ours' speed / the baseline's (above 1: ours is faster),
+the median and the extremes of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import librosa
 import numpy as np
 import soundfile
 import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -104,6 +108,11 @@ class Clips(Dataset):
 def worker_path(clips: list[bytes], config: AudioConfig) -> dict[str, float]:
     """Samples/s of each path in this process, and the seconds per sample of our stages."""
     torch.set_num_threads(1)
+    with threadpool_limits(1):
+        return _worker_path(clips, config)
+
+
+def _worker_path(clips: list[bytes], config: AudioConfig) -> dict[str, float]:
     ours(clips[0], config, random.Random(0), {})  # first calls load libraries lazily (librosa: ~2 s); untimed
     baseline(clips[0], config, random.Random(0))
     stages: dict[str, float] = {}
@@ -141,12 +150,6 @@ def log_mel(clips: list[bytes], config: AudioConfig, batch: int, repeats: int = 
              for d in clips[:batch]]
     pcm = torch.stack([to_transport(w) for w in waves])
     module = LogMel(config)
-    row = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        module(pcm)  # builds the window and filterbank once, as training does
-        row[f"ours {threads} thread ms"] = 1000 * min(_seconds(lambda: module(pcm)) for _ in range(repeats))
-    ours_db = module(pcm)
     floats = (pcm.numpy() / 32768).astype(np.float32)  # the same int16-quantised input
 
     def clip_by_clip() -> list[np.ndarray]:
@@ -156,9 +159,15 @@ def log_mel(clips: list[bytes], config: AudioConfig, batch: int, repeats: int = 
             fmin=config.f_min, fmax=config.mel_f_max, htk=config.mel_scale == "htk", norm="slaney"),
             ref=1.0, amin=config.amin, top_db=config.top_db) for w in floats]
 
-    theirs = clip_by_clip()
-    row["librosa ms"] = 1000 * min(_seconds(clip_by_clip) for _ in range(repeats))
-    row["max |ours - librosa| dB"] = float(np.abs(ours_db.numpy() - np.stack(theirs)).max())
+    row = {}
+    for threads in (1, 2):  # torch's threads for ours, numpy's BLAS threads (the mel matrix product) for librosa
+        torch.set_num_threads(threads)
+        module(pcm)  # builds the window and filterbank once, as training does
+        row[f"ours {threads} thread ms"] = 1000 * min(_seconds(lambda: module(pcm)) for _ in range(repeats))
+        with threadpool_limits(threads):
+            theirs = clip_by_clip()
+            row[f"librosa {threads} thread ms"] = 1000 * min(_seconds(clip_by_clip) for _ in range(repeats))
+    row["max |ours - librosa| dB"] = float(np.abs(module(pcm).numpy() - np.stack(theirs)).max())
     return row
 
 
@@ -202,17 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     worker = [r["worker"] for r in rounds]
     hand = [r["handover"] for r in rounds]
     mel = [r["log_mel"] for r in rounds]
-    print(f"\n{'what (median of ' + str(args.rounds) + ' rounds)':<44} {'ours':>9} {'baseline':>9} {'ours/base':>9}")
-    for label, rows in (("worker path, samples/s (1 process)", worker),
-                        (f"DataLoader 1 worker, batch {args.batch}, samples/s", hand)):
-        o, b = median(rows, "ours"), median(rows, "baseline")
-        print(f"{label:<44} {o:>9.1f} {b:>9.1f} {o / b:>9.2f}")
+    header = "what (median of " + str(args.rounds) + " rounds)"
+    print(f"\n{header:<44} {'ours':>9} {'baseline':>9} {'ours/base':>9} {'min/max ratio':>14}")
+
+    def line(label: str, rows: list[dict[str, float]], ours_key: str, base_key: str, faster_is_more: bool) -> None:
+        ratios = [(r[ours_key] / r[base_key]) if faster_is_more else (r[base_key] / r[ours_key]) for r in rows]
+        o, b = median(rows, ours_key), median(rows, base_key)
+        print(f"{label:<44} {o:>9.1f} {b:>9.1f} {statistics.median(ratios):>9.2f} "
+              f"{min(ratios):>6.2f} / {max(ratios):<5.2f}")
+
+    line("worker path, samples/s (1 process)", worker, "ours", "baseline", True)
+    line(f"DataLoader 1 worker, batch {args.batch}, samples/s", hand, "ours", "baseline", True)
     o, b = median(hand, "ours bytes/sample"), median(hand, "baseline bytes/sample")
     print(f"{'hand-over bytes per audio sample':<44} {o:>9.0f} {b:>9.0f} {b / o:>8.1f}x smaller")
-    lib = median(mel, "librosa ms")
     for threads in (1, 2):
-        o = median(mel, f"ours {threads} thread ms")
-        print(f"{f'log-mel ms per batch of {args.batch} ({threads} thread)':<44} {o:>9.1f} {lib:>9.1f} {lib / o:>9.2f}")
+        line(f"log-mel ms per batch of {args.batch} ({threads} thread)", mel, f"ours {threads} thread ms",
+             f"librosa {threads} thread ms", False)
     print("\nour worker stages, ms per clip: " + ", ".join(
         f"{name} {median(worker, f'ours {name} ms'):.2f}" for name in ("decode", "resample", "crop", "to int16")))
     print(f"largest |ours - librosa| log-mel gap: {max(r['max |ours - librosa| dB'] for r in mel):.2g} dB")

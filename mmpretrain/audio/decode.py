@@ -81,7 +81,7 @@ def check_silence(wave: np.ndarray, limits: AudioConfig) -> None:
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample a mono float32 wave with libsoxr at its "HQ" setting, which is what librosa.load uses by default.
 
-    The output has round(len * target_sr / orig_sr) samples, aligned with the input (no filter delay).
+    The output has len * target_sr / orig_sr samples (to within one), aligned with the input (no filter delay).
     """
     if orig_sr == target_sr:
         return wave
