@@ -3,8 +3,10 @@ batched, and what is skipped. Validated here, beside the fields it checks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mmpretrain.audio.decode import AUDIO_EXTENSIONS
 from mmpretrain.data.augment import AugmentConfig
 from mmpretrain.data.skips import SampleLimits
 from mmpretrain.data.sources import SourceConfig, named_sources
@@ -31,7 +33,9 @@ class DataConfig:
     allow_shell_urls: bool = False                   # let webdataset open pipe:/http:/s3: specs (runs commands)
     allow_missing_shards: bool = False               # a brace pattern naming absent shards: warn, read the rest
     stages: list[str] = field(default_factory=list)  # per-sample stages by registered name (data/stages.py);
-    #                                                  empty: the image-text default (+ negatives when asked)
+    #                                                  empty: the default for the model's towers (+ negatives)
+    optional: list[str] = field(default_factory=list)  # modalities a sample may lack (then masked out of the
+    #                                                  pairs that need them); any other missing member is a skip
 
     def validate(self) -> None:
         """Every rule of this section and its nested ones. An empty data.train passes: a config may only evaluate
@@ -48,9 +52,15 @@ class DataConfig:
         self.augment.validate()
         self.limits.validate()
         named_sources(self.train, self.sources, self.allow_shell_urls)
+        unknown = [m for m in self.optional if m not in MODALITY_MEMBERS]
+        if unknown:
+            raise ConfigError(f"data.optional: unknown modalities {unknown}; known: {list(MODALITY_MEMBERS)}")
 
 
-def declared_members(config: DataConfig) -> frozenset[str]:
-    """The only members of a sample that are kept and decoded in training."""
+MODALITY_MEMBERS = {"image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS, "audio": AUDIO_EXTENSIONS}
+
+
+def declared_members(config: DataConfig, modalities: Sequence[str] = ("image", "text")) -> frozenset[str]:
+    """The only members of a sample that are kept and decoded in training: those of the model's modalities."""
     extra = ("neg.json",) if config.negatives_per_sample > 0 else ()
-    return frozenset(IMAGE_EXTENSIONS + TEXT_EXTENSIONS + extra)
+    return frozenset(ext for m in modalities for ext in MODALITY_MEMBERS[m]) | frozenset(extra)

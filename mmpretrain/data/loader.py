@@ -91,7 +91,7 @@ class ReaderStream(IterableDataset):
     """The batches of one reader per DataLoader worker (or of the one reader in the main process), endless."""
 
     def __init__(self, sources: Sequence[Source], stages: Sequence[Stage], config: DataConfig, seed: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, members: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.sources = list(sources)
         self.stages = list(stages)
@@ -99,7 +99,7 @@ class ReaderStream(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.read_args = (declared_members(config), config.allow_shell_urls, config.limits.max_member_bytes)
+        self.read_args = (members or declared_members(config), config.allow_shell_urls, config.limits.max_member_bytes)
         self.start = ReadersStart()  # set before the loader's workers start, to resume mid-stream
 
     def plan(self, source: int, reader: int, num_readers: int, rank: Optional[int] = None,
@@ -230,7 +230,8 @@ class TrainLoader:
             repeats = batch_repeats_samples(source, config.batch_size, world_size * self.num_readers)
             if repeats:
                 log.warning(repeats)
-        self.stream = ReaderStream(sources, build_stages(env), config, seed, rank, world_size)
+        self.stream = ReaderStream(sources, build_stages(env), config, seed, rank, world_size,
+                                   declared_members(config, env.modalities))
         self.readers: dict[int, ReaderState] = {}
         self.last_reader: Optional[int] = None  # the reader of the batch handed out last
         self.batches = 0

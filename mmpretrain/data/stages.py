@@ -18,10 +18,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from PIL import Image
 
+from mmpretrain.audio.config import AudioConfig
+from mmpretrain.audio.decode import AUDIO_EXTENSIONS, load_clip, to_transport
 from mmpretrain.data.config import DataConfig
 from mmpretrain.data.decode import (IMAGE_EXTENSIONS, TEXT_EXTENSIONS, choose, decode_captions,
                                     decode_negatives, load_rgb, open_image)
@@ -41,11 +44,13 @@ class SampleContext:
 
 @dataclass(frozen=True)
 class StageEnv:
-    """What stage builders may use."""
+    """What stage builders may use: the data config, the model's modalities and what turns each into inputs."""
 
     data: DataConfig
     image_transform: ImageTransform
     tokenizer: Tokenizer
+    modalities: tuple[str, ...] = ("image", "text")
+    audio: Optional[AudioConfig] = None  # model.audio, when the model has an audio tower
 
 
 Sample = dict[str, Any]
@@ -67,15 +72,19 @@ def registered_stages() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def default_stage_names(config: DataConfig) -> list[str]:
-    """The image-text pipeline, with hard negatives when the config asks for them."""
-    negatives = config.negatives_per_sample > 0
-    return ["member_sizes", "image_header", "captions", *(["negatives"] if negatives else []),
-            "caption_tokens", "image_pixels", *(["negative_tokens"] if negatives else [])]
+def default_stage_names(config: DataConfig, modalities: Sequence[str] = ("image", "text")) -> list[str]:
+    """The stages of the model's modalities, with hard negatives when the config asks for them. The image-text
+    order is the one every earlier run drew its random numbers in; audio comes after it, so adding a modality
+    leaves the others' draws as they were."""
+    image, text, negatives = "image" in modalities, "text" in modalities, config.negatives_per_sample > 0
+    names = ["member_sizes", *(["image_header"] if image else []), *(["captions"] if text else []),
+             *(["negatives"] if text and negatives else []), *(["caption_tokens"] if text else []),
+             *(["image_pixels"] if image else []), *(["negative_tokens"] if text and negatives else [])]
+    return names + (["audio"] if "audio" in modalities else [])
 
 
 def build_stages(env: StageEnv) -> list[Stage]:
-    names = list(env.data.stages) or default_stage_names(env.data)
+    names = list(env.data.stages) or default_stage_names(env.data, env.modalities)
     unknown = [n for n in names if n not in _REGISTRY]
     if unknown:
         raise ConfigError(f"data.stages: unknown stage(s) {unknown}; registered: {registered_stages()}")
@@ -102,18 +111,34 @@ def _member_sizes(env: StageEnv) -> Stage:
     return stage
 
 
+def _absent(env: StageEnv, modality: str, member: Any) -> bool:
+    """Whether an optional modality is missing from this sample (its stages then emit a placeholder and a False
+    `<modality>_mask`); a missing required member is left to the decoder, which skips the sample."""
+    return member is None and modality in env.data.optional
+
+
+def _presence(env: StageEnv, modality: str, present: bool) -> dict[str, torch.Tensor]:
+    return {f"{modality}_mask": torch.tensor(present)} if modality in env.data.optional else {}
+
+
 @register_stage("image_header")
 def _image_header(env: StageEnv) -> Stage:
     """Open the image and check its header size; pixels are decoded by `image_pixels`."""
     def stage(sample: Sample, context: SampleContext) -> Sample:
-        return {**sample, "image": open_image(_first_member(sample, IMAGE_EXTENSIONS), env.data.limits)}
+        member = _first_member(sample, IMAGE_EXTENSIONS)
+        if _absent(env, "image", member):
+            return {**sample, "image": None, **_presence(env, "image", False)}
+        return {**sample, "image": open_image(member, env.data.limits), **_presence(env, "image", True)}
     return stage
 
 
 @register_stage("captions")
 def _captions(env: StageEnv) -> Stage:
     def stage(sample: Sample, context: SampleContext) -> Sample:
-        return {**sample, "captions": decode_captions(_first_member(sample, TEXT_EXTENSIONS))}
+        member = _first_member(sample, TEXT_EXTENSIONS)
+        if _absent(env, "text", member):
+            return {**sample, "captions": [""], **_presence(env, "text", False)}  # placeholder tokens, masked out
+        return {**sample, "captions": decode_captions(member), **_presence(env, "text", True)}
     return stage
 
 
@@ -123,6 +148,9 @@ def _negatives(env: StageEnv) -> Stage:
     def stage(sample: Sample, context: SampleContext) -> Sample:
         key = str(sample.get("__key__", "?"))
         negatives = decode_negatives(sample["neg.json"], key) if sample.get("neg.json") is not None else []
+        text_mask = sample.get("text_mask")
+        if text_mask is not None and not bool(text_mask):
+            return {**sample, "negatives": [""]}  # no caption, so no pair uses its negatives: placeholders
         if not negatives:
             raise SampleSkipped("negatives_invalid", f"sample {key!r} has no hard negatives (<key>.neg.json) "
                                 f"but data.negatives_per_sample={env.data.negatives_per_sample}")
@@ -149,13 +177,40 @@ def _image_pixels(env: StageEnv) -> Stage:
     # decoded here, so an unreadable image is still a counted skip rather than an error inside the transform.
     lazy = getattr(transform, "decodes_lazily", False)
 
+    blank: list[torch.Tensor] = []
+
     def stage(sample: Sample, context: SampleContext) -> Sample:
+        if sample["image"] is None:  # an optional image this sample lacks: a placeholder of the right shape
+            if not blank:
+                with torch.random.fork_rng(devices=[]):
+                    blank.append(torch.zeros_like(transform(Image.new("RGB", (64, 64)))))
+            return {**sample, "image": blank[0]}
         image = sample["image"] if lazy else load_rgb(sample["image"])
         with torch.random.fork_rng(devices=[]):  # torchvision draws from torch's global RNG; leave it as it was
             # The CPU generator only: torch.manual_seed also seeds every accelerator backend, which in a worker
             # costs ~1 ms per sample (each uninitialised backend records a stack trace).
             torch.default_generator.manual_seed(context.seed)
             return {**sample, "image": transform(image)}
+    return stage
+
+
+@register_stage("audio")
+def _audio(env: StageEnv) -> Stage:
+    """`audio`: the clip as int16 PCM `[clip_samples]` at model.audio.sample_rate (a random crop, drawn from the
+    sample's own generator after every image-text draw), for the log-mel on the training device."""
+    if env.audio is None:
+        raise ConfigError("data.stages names 'audio' but the model has no audio tower (model.towers)")
+    config = env.audio
+
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        member = _first_member(sample, AUDIO_EXTENSIONS)
+        if _absent(env, "audio", member):
+            return {**sample, "audio": torch.zeros(config.clip_samples, dtype=torch.int16),
+                    **_presence(env, "audio", False)}
+        if member is None:
+            raise SampleSkipped("audio_missing", f"no {'/'.join(AUDIO_EXTENSIONS)} member")
+        clip = load_clip(member, config, context.rng)
+        return {**sample, "audio": to_transport(clip), **_presence(env, "audio", True)}
     return stage
 
 
