@@ -88,12 +88,12 @@ def dtmf(digit: int, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -
     start = int(rng.integers(0, n - length + 1))
     low, high = (f * (1.0 + rng.uniform(-DETUNE, DETUNE)) for f in DTMF_KEYPAD[digit])
     twist = 10.0 ** (rng.uniform(-2.0, 4.0) / 20.0)
-    t = np.arange(length) / sample_rate
     phases = rng.uniform(0.0, 2.0 * np.pi, 2)
-    tone = np.sin(2.0 * np.pi * low * t + phases[0]) + twist * np.sin(2.0 * np.pi * high * t + phases[1])
+    tone = (np.sin(_phase(low, length, sample_rate, phases[0]))
+            + np.float32(twist) * np.sin(_phase(high, length, sample_rate, phases[1])))
     tone *= _fades(length, round(0.005 * sample_rate))
-    tone *= _db(rng.uniform(*LEVEL_DBFS)) / (1.0 + twist)  # peak of the sum is at most 1 + twist
-    wave = np.zeros(n)
+    tone *= np.float32(_db(rng.uniform(*LEVEL_DBFS)) / (1.0 + twist))  # peak of the sum is at most 1 + twist
+    wave = np.zeros(n, dtype=np.float32)
     wave[start:start + length] = tone
     return _finish(wave, _rms(tone), rng, sample_rate)
 
@@ -117,27 +117,28 @@ def scene_tones(objects: Sequence[ShapeObject], rng: np.random.Generator,
                          f"{CLIP_SECONDS} s clip")
     position = int(rng.integers(0, n - span + 1))
     level = _db(rng.uniform(*LEVEL_DBFS))
-    wave = np.zeros(n)
+    wave = np.zeros(n, dtype=np.float32)
     active = np.zeros(n, dtype=bool)
     for i, (obj, length) in enumerate(zip(ordered, lengths)):
         pitch = COLOUR_PITCH_HZ[obj.colour] * (1.0 + rng.uniform(-DETUNE, DETUNE))
         beep = _beep(SHAPE_TIMBRE[obj.shape], pitch, length, rng, sample_rate)
         beep *= _fades(length, round(0.008 * sample_rate))
         # Equal RMS, so a noise burst (a high peak for its power) is as loud as a tone, then +-2 dB.
-        wave[position:position + length] = beep * (_db(rng.uniform(-_BEEP_JITTER_DB, _BEEP_JITTER_DB))
-                                                  / max(_rms(beep), 1e-12))
+        wave[position:position + length] = beep * np.float32(_db(rng.uniform(-_BEEP_JITTER_DB, _BEEP_JITTER_DB))
+                                                             / max(_rms(beep), 1e-12))
         active[position:position + length] = True
         position += length + (gaps[i] if i < len(gaps) else 0)
-    wave *= level / max(float(np.abs(wave).max()), 1e-12)  # the loudest peak at the scene's level
+    wave *= np.float32(level / max(float(np.abs(wave).max()), 1e-12))  # the loudest peak at the scene's level
     return _finish(wave, _rms(wave[active]), rng, sample_rate)
 
 
 def encode_flac(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """A mono float wave in [-1, 1] as 16-bit FLAC bytes."""
+    """A mono float wave in [-1, 1] as 16-bit FLAC bytes (full scale 32767, as libsndfile converts floats)."""
     import soundfile  # only the demo's audio needs it
 
+    pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
     buffer = io.BytesIO()
-    soundfile.write(buffer, wave, sample_rate, format="FLAC", subtype="PCM_16")
+    soundfile.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
 
 
@@ -159,12 +160,20 @@ def _db(db: float) -> float:
 
 
 def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x)))) if x.size else 0.0
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def _phase(freq: float, length: int, sample_rate: int, offset: float = 0.0) -> np.ndarray:
+    """The phase of a `freq` Hz oscillator over `length` samples, wrapped to [0, 2 pi) in float64 before it
+    becomes float32 (numpy's float32 sine is much faster, and wrapping keeps it exact to ~1e-6 rad)."""
+    cycles = np.arange(length) * (freq / sample_rate) + offset / (2.0 * np.pi)
+    cycles -= np.floor(cycles)
+    return cycles.astype(np.float32) * np.float32(2.0 * np.pi)
 
 
 def _fades(length: int, fade: int) -> np.ndarray:
     """An envelope of ones with raised-cosine ramps of `fade` samples at both ends."""
-    envelope = np.ones(length)
+    envelope = np.ones(length, dtype=np.float32)
     fade = min(fade, length // 2)
     if fade > 0:
         ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)
@@ -182,32 +191,33 @@ def _beep(timbre: str, pitch: float, length: int, rng: np.random.Generator, samp
         octaves = np.log2(np.maximum(freqs, 1.0) / pitch)
         band = np.exp(-0.5 * np.square(octaves / _NOISE_BANDWIDTH))
         spectrum = (rng.standard_normal(freqs.size) + 1j * rng.standard_normal(freqs.size)) * band
-        return np.fft.irfft(spectrum, length)
+        return np.fft.irfft(spectrum, length).astype(np.float32)
     if timbre == "sine":
-        harmonics = np.array([1.0])
+        harmonics = np.array([1.0], dtype=np.float32)
     elif timbre in ("square", "sawtooth"):
         # Band-limited Fourier series: odd harmonics at 1/k for a square wave, all harmonics at 1/k for a sawtooth.
-        harmonics = np.arange(1, _MAX_HARMONICS + 1, 2 if timbre == "square" else 1, dtype=float)
+        harmonics = np.arange(1, _MAX_HARMONICS + 1, 2 if timbre == "square" else 1, dtype=np.float32)
         harmonics = harmonics[harmonics * pitch < min(_MAX_HARMONIC_HZ, sample_rate / 2)]
     else:
         raise ValueError(f"unknown timbre {timbre!r}")
-    phase = 2.0 * np.pi * pitch * np.arange(length) / sample_rate + rng.uniform(0.0, 2.0 * np.pi)
+    phase = _phase(pitch, length, sample_rate, rng.uniform(0.0, 2.0 * np.pi))
     return (np.sin(np.outer(harmonics, phase)) / harmonics[:, None]).sum(axis=0)
 
 
 def _pink_noise(n: int, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
-    """`n` samples of unit-RMS pink (1/f power) noise, flat below 50 Hz so it has no rumble."""
+    """`n` samples of unit-RMS pink (1/f power) noise, flat below 50 Hz so it has no rumble: 1/f amplitudes with
+    uniformly random phases (Gaussian in time, as a sum of many independent components)."""
     shape = _pink_shape(n, sample_rate)
-    spectrum = rng.standard_normal((2, shape.size))
-    noise = np.fft.irfft((spectrum[0] + 1j * spectrum[1]) * shape, n)
-    return noise / max(_rms(noise), 1e-12)
+    angle = rng.random(shape.size, dtype=np.float32) * np.float32(2.0 * np.pi)
+    noise = np.fft.irfft(shape * (np.cos(angle) + 1j * np.sin(angle)), n).astype(np.float32)
+    return noise / np.float32(max(_rms(noise), 1e-12))
 
 
 @functools.lru_cache(maxsize=8)
 def _pink_shape(n: int, sample_rate: int) -> np.ndarray:
     """Amplitude per rfft bin of 1/f power noise: 1/sqrt(f) above 50 Hz, flat below, no DC."""
     freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
-    shape = 1.0 / np.sqrt(np.maximum(freqs, 50.0))
+    shape = (1.0 / np.sqrt(np.maximum(freqs, 50.0))).astype(np.float32)
     shape[0] = 0.0
     shape.flags.writeable = False
     return shape
@@ -216,5 +226,5 @@ def _pink_shape(n: int, sample_rate: int) -> np.ndarray:
 def _finish(wave: np.ndarray, signal_rms: float, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     """Add pink noise at a random SNR relative to `signal_rms`; clip to [-1, 1] as float32."""
     noise_rms = signal_rms * _db(-rng.uniform(*SNR_DB))
-    wave = wave + noise_rms * _pink_noise(wave.size, rng, sample_rate)
-    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+    wave = wave + np.float32(noise_rms) * _pink_noise(wave.size, rng, sample_rate)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32, copy=False)
