@@ -7,6 +7,10 @@ Two tiny tasks that a small CLIP trains on in minutes yet still say something:
   relations ("a large blue square left of a small green triangle"). Retrieval between scenes that differ only in
   which colour goes with which shape, or in word order, tests attribute binding — where CLIP-style models fail.
 
+Every sample also carries sound, a ``.flac`` member synthesised in demo_audio.py: the DTMF telephone tones of the
+digit, or one beep per shape whose pitch, timbre and length say its colour, shape and size. The sound comes from
+its own random generator per sample, so the images and captions are exactly those written before there was sound.
+
 Validation sets come from a different random stream than training, so they are held out. Everything is written
 as shards through ShardWriter, exactly as real data would be, so the demo exercises the real pipeline.
 """
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmpretrain.data.demo_audio import digit_flac, scene_flac
 from mmpretrain.data.shard_writer import ShardWriter
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -49,7 +54,7 @@ N_SHAPES_VAL = 500
 SINGLE_VAL_REPEATS = 10  # per colour x shape x size combination: 6 * 4 * 2 * 10 = 480 scenes
 
 _MARKER = ".demo_complete.json"
-_FORMAT_VERSION = 2  # bump when the generated data changes, so stale demo folders are rewritten
+_FORMAT_VERSION = 3  # bump when the generated data changes, so stale demo folders are rewritten (3: sound)
 _BACKGROUND = (215, 215, 215)
 _SUPERSAMPLE = 4  # draw at 4x and downsample: PIL's polygons have no anti-aliasing of their own
 
@@ -100,13 +105,13 @@ def generate_demo_data(root: str | Path, seed: int = 0, force: bool = False) -> 
     counts.update(_write_digits(paths["digits_train"], paths["digits_val"], seed))
     train_rng = random.Random(f"shapes-train-{seed}")
     counts["shapes_train"] = _write_scenes(paths["shapes_train"], "train", train_rng, train_scene_sizes(),
-                                           CAPTIONS_PER_TRAIN_SAMPLE)
+                                           CAPTIONS_PER_TRAIN_SAMPLE, seed)
     # Held out: a separate random stream, never consumed by training generation.
     val_rng = random.Random(f"shapes-val-{seed}")
     counts["shapes_val"] = _write_scenes(paths["shapes_val"], "val", val_rng,
-                                         [2 + i % 2 for i in range(N_SHAPES_VAL)], 1)
+                                         [2 + i % 2 for i in range(N_SHAPES_VAL)], 1, seed)
     counts["shapes_single_val"] = _write_single_val(paths["shapes_single_val"],
-                                                    random.Random(f"shapes-single-val-{seed}"))
+                                                    random.Random(f"shapes-single-val-{seed}"), seed)
     # The marker goes last: an interrupted run leaves none, so the next call regenerates everything.
     marker.write_text(json.dumps({"version": _FORMAT_VERSION, "seed": seed, "counts": counts}, indent=1))
     return paths
@@ -153,8 +158,9 @@ def _write_digits(train_dir: Path, val_dir: Path, seed: int) -> dict[str, int]:
                 label = int(labels[index])
                 captions = [digit_caption(label, t) for t in rng.sample(DIGIT_TEMPLATES, n_captions)]
                 # The key carries the original dataset index: unique, and disjoint between train and val.
-                writer.write(f"digit{int(index):04d}", _digit_png(digits.images[index]), "png", captions,
-                             {"label": label, "dataset": "digits"})
+                key = f"digit{int(index):04d}"
+                writer.write(key, _digit_png(digits.images[index]), "png", captions,
+                             {"label": label, "dataset": "digits"}, extra={"flac": digit_flac(label, seed, key)})
         counts[name] = writer.total
     return counts
 
@@ -291,26 +297,29 @@ def _distinct_captions(objects: list[ShapeObject], rng: random.Random, n: int, c
     return captions
 
 
-def _write_scenes(folder: Path, split: str, rng: random.Random, scene_sizes: list[int], n_captions: int) -> int:
+def _write_scenes(folder: Path, split: str, rng: random.Random, scene_sizes: list[int], n_captions: int,
+                  seed: int) -> int:
     per_shard = SAMPLES_PER_SHARD if split == "train" else VAL_SAMPLES_PER_SHARD
     with ShardWriter(folder, per_shard, prefix="shapes") as writer:
         for i, n_objects in enumerate(scene_sizes):
             objects = sample_scene(rng, n_objects)
             captions = _distinct_captions(objects, rng, n_captions, canonical=n_captions == 1)
-            writer.write(f"{split}{i:06d}", _png_bytes(render_scene(objects)), "png", captions,
-                         _scene_meta(objects))
+            key = f"{split}{i:06d}"
+            writer.write(key, _png_bytes(render_scene(objects)), "png", captions, _scene_meta(objects),
+                         extra={"flac": scene_flac(objects, seed, key)})
     return writer.total
 
 
-def _write_single_val(folder: Path, rng: random.Random) -> int:
+def _write_single_val(folder: Path, rng: random.Random, seed: int) -> int:
     """Single shapes, balanced: every colour x shape x size combination the same number of times."""
     combos = [(s, c, z) for s in SHAPES for c in COLOURS for z in SIZES] * SINGLE_VAL_REPEATS
     rng.shuffle(combos)
     with ShardWriter(folder, VAL_SAMPLES_PER_SHARD, prefix="shapes") as writer:
         for i, attrs in enumerate(combos):
             objects = sample_scene(rng, 1, [attrs])
-            writer.write(f"single{i:06d}", _png_bytes(render_scene(objects)), "png",
-                         scene_caption(objects, rng, canonical=True), _scene_meta(objects))
+            key = f"single{i:06d}"
+            writer.write(key, _png_bytes(render_scene(objects)), "png", scene_caption(objects, rng, canonical=True),
+                         _scene_meta(objects), extra={"flac": scene_flac(objects, seed, key)})
     return writer.total
 
 
