@@ -80,6 +80,9 @@ class RunConfig:
         # The data section can batch single samples (tests and tools do); a contrastive loss needs negatives.
         require(self.data.batch_size > 1, "data.batch_size", self.data.batch_size,
                 "> 1: a contrastive batch needs negatives")
+        missing = [m for m in self.data.optional if m not in self.model.towers]
+        if missing:
+            raise ConfigError(f"data.optional names {missing}, which model.towers {list(self.model.towers)} lacks")
         pairs = self.model.resolved_pairs(self.loss.name)
         image_text = next((p for p in pairs if p.key == "image_text"), None)
         if image_text is not None and image_text.loss == "siglip" and self.model.init_logit_bias is None:

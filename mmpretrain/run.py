@@ -130,7 +130,9 @@ def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: O
     device = resolve_device(config.train.device, process.local_rank)
     built = build_model(config.model, config.loss.name)
     train_transform = build_train_transform(built.preprocess, config.data.augment)
-    loader = TrainLoader(config.data, StageEnv(config.data, train_transform, built.tokenizer), config.train.seed,
+    env = StageEnv(config.data, train_transform, built.tokenizer, tuple(config.model.towers),
+                   config.model.audio if "audio" in config.model.towers else None)
+    loader = TrainLoader(config.data, env, config.train.seed,
                          process.rank, process.world_size, all_sum=all_sum, all_gather=all_gather)
     optimizer = build_optimizer(built.model, config.optim, config.engine, device)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)

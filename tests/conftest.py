@@ -6,6 +6,7 @@ import io
 import json
 import random
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -21,11 +22,37 @@ def _png(rgb: tuple[int, int, int], size: int = 16) -> bytes:
     return buffer.getvalue()
 
 
+COLOUR_PITCH = {"red": 330.0, "green": 660.0, "blue": 1320.0}  # Hz: the sound of each colour, octaves apart
+
+
+def colour_flac(colour: str, rng: random.Random, seconds: float = 0.25) -> bytes:
+    """A 16 kHz FLAC tone at the colour's pitch, slightly detuned, with a random level and a little noise."""
+    import numpy as np
+    import soundfile
+
+    t = np.arange(int(16_000 * seconds)) / 16_000
+    wave = 0.3 * rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * COLOUR_PITCH[colour] * rng.uniform(0.99, 1.01) * t)
+    wave += 0.01 * np.random.default_rng(rng.randint(0, 2**31)).standard_normal(t.size)
+    out = io.BytesIO()
+    soundfile.write(out, wave.astype(np.float32), 16_000, format="FLAC", subtype="PCM_16")
+    return out.getvalue()
+
+
+def audio_overrides() -> list[str]:
+    """Overrides that give the micro model the micro audio tower (0.25 s clips, 32 mel bands)."""
+    return ["model.audio.encoder=mmp-ast-micro", "model.audio.n_mels=32", "model.audio.clip_seconds=0.25",
+            "model.audio.max_seconds=5", "model.audio.n_fft=256", "model.audio.win_length=256",
+            "model.audio.spec_augment.time_mask_param=4", "model.audio.spec_augment.freq_mask_param=4"]
+
+
 def write_colour_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, seed: int = 0,
-                        hard_negatives: bool = False) -> list[str]:
+                        hard_negatives: bool = False, audio: bool = False,
+                        missing_every: Optional[dict[str, int]] = None) -> list[str]:
     """Solid-colour images captioned with their colour; json carries the colour as the label.
 
-    With `hard_negatives`, each sample has two captions and a .neg.json naming the other colours."""
+    With `hard_negatives`, each sample has two captions and a .neg.json naming the other colours. With `audio`,
+    each has a `.flac` tone whose pitch is the colour's. `missing_every={"image": 3}` leaves the image out of every
+    third sample (by index), and so on per modality (image, txt, flac)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     names = list(COLOURS)
@@ -42,6 +69,11 @@ def write_colour_shards(folder: Path, n_shards: int = 2, per_shard: int = 12, se
                     sample["txt"] += f"\nsomething {colour}"
                     others = [f"a {other} square" for other in names if other != colour]
                     sample["neg.json"] = json.dumps(others).encode()
+                if audio:
+                    sample["flac"] = colour_flac(colour, rng)
+                for member, every in (missing_every or {}).items():
+                    if index % every == every - 1:
+                        sample.pop("png" if member == "image" else member)
                 sink.write(sample)
                 index += 1
         sizes[name] = per_shard
