@@ -27,6 +27,7 @@ from mmpretrain.engine.dist import ProcessInfo, all_gather, all_sum, barrier, br
 from mmpretrain.engine.factory import StepSettings, build_engine, build_optimizer
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.engine.runlock import LOCK_NAME, RunLock
+from mmpretrain.engine.rng import RngState
 from mmpretrain.engine.objective import ContrastiveObjective, build_pair_losses
 from mmpretrain.engine.schedule import build_scheduler
 from mmpretrain.errors import ConfigError
@@ -149,4 +150,5 @@ def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: O
     checkpointer.register("data", loader, per_rank=True)
     progress = TrainProgress()
     checkpointer.register("progress", progress, optional=True)
+    checkpointer.register("rng", RngState(device, process.rank, process.world_size), per_rank=True, optional=True)
     return Run(config, process, run_dir, built, loader, engine, checkpointer, lock, progress)

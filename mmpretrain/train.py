@@ -18,6 +18,7 @@ from tqdm import tqdm
 from mmpretrain.config import RunConfig, config_to_dict
 from mmpretrain.divergence import NonFiniteGuard
 from mmpretrain.engine.dist import all_true, barrier, detect_process, global_mean, init_distributed, shutdown
+from mmpretrain.engine.base import Engine
 from mmpretrain.engine.metrics import MetricsLog, NoMetrics
 from mmpretrain.engine.preemption import Preempted, PreemptionWatch
 from mmpretrain.errors import TrainingError
@@ -85,7 +86,7 @@ def _loop(run: Run, start: int) -> TrainResult:
                 skips, over_budget = loader.skip_report()  # collective: every rank, same step
                 record = {"loss": global_mean(loss), "lr": engine.lr, "logit_scale": engine.logit_scale,
                           "samples_per_s": meter.rate(), "samples_seen": run.progress.samples_seen,
-                          "train/skipped_steps": guard.skipped, **skips}
+                          "train/skipped_steps": guard.skipped, **skips, **_pair_stats(engine)}
                 metrics.write(step, **record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", samples_s=f"{record['samples_per_s']:.0f}")
                 if over_budget is not None:
@@ -115,6 +116,12 @@ def _save(run: Run, step: int) -> None:
         raise TrainingError(f"step {step}: the model holds non-finite weights (NaN/inf); no checkpoint written "
                             f"(the run diverged: lower optim.lr)")
     run.checkpointer.save(step)
+
+
+def _pair_stats(engine: Engine) -> dict[str, float]:
+    """Each contrasted pair's loss and logit scale of the last step (models with several pairs), mean over ranks
+    (a collective per value: every rank logs at the same steps, and the pairs are the same on every rank)."""
+    return {f"pair/{key}": global_mean(value) for key, value in engine.objective.last_pair_stats.items()}
 
 
 def _eval_due(run: Run, step: int) -> bool:

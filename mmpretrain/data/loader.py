@@ -251,9 +251,12 @@ class TrainLoader:
             raise RuntimeError("this TrainLoader is closed")
         if self._batches is None:  # workers start here, from the state loaded (or not) before
             self.stream.start = ReadersStart(self.batches % self.num_readers, dict(self.readers))
+            # Its own generator: the DataLoader draws a base seed when it starts, which from the global generator
+            # would shift every later draw of the stochastic layers (SpecAugment, dropout) at a resume. Our readers
+            # seed every sample themselves and use no worker seed.
             loader = DataLoader(self.stream, batch_size=None, num_workers=self.config.num_workers,
                                 collate_fn=_as_is, persistent_workers=self.config.num_workers > 0,
-                                worker_init_fn=_ignore_preemption_signals)
+                                worker_init_fn=_ignore_preemption_signals, generator=torch.Generator())
             self._batches = iter(loader)
             # Also at interpreter exit, before multiprocessing joins the workers (it would wait forever)
             self._stop = weakref.finalize(self, _stop_workers, self._batches)

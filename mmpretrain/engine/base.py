@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mmpretrain.engine.dist import all_true
+from mmpretrain.engine.rng import RngSnapshot
 from mmpretrain.engine.objective import ContrastiveObjective, concat_features, split_grads
 
 Batch = Mapping[str, torch.Tensor]
@@ -134,8 +135,13 @@ class EngineBase:
         return finite
 
     def _grad_cache(self, batches: Sequence[Batch]) -> torch.Tensor:
+        # Each micro-batch's surrogate pass replays the random draws of its features pass (SpecAugment, dropout)
+        snapshots, parts = [], []
         with torch.no_grad():
-            parts = [self._forward(batch, mode="features") for batch in batches]
+            for batch in batches:
+                snapshots.append(RngSnapshot.take(self.device))
+                parts.append(self._forward(batch, mode="features"))
+        after = RngSnapshot.take(self.device)
         features = concat_features(parts)
         loss = self._loss_from_features(features)
         if not self._loss_finite(loss):
@@ -150,8 +156,10 @@ class EngineBase:
         feature_grads = dict(zip(leaves, grads[:len(leaves)]))
         head_grads = grads[len(leaves):]
         for index, (batch, micro) in enumerate(zip(batches, split_grads(features, feature_grads, parts))):
+            snapshots[index].restore(self.device)
             self._backward(self._forward(batch, mode="surrogate", feature_grads=micro,
                                          head_grads=head_grads if index == 0 else None))
+        after.restore(self.device)  # as if each micro-batch had been drawn once
         return loss
 
     # -- readouts ------------------------------------------------------------------------------------------------
