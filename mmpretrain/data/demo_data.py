@@ -54,7 +54,7 @@ N_SHAPES_VAL = 500
 SINGLE_VAL_REPEATS = 10  # per colour x shape x size combination: 6 * 4 * 2 * 10 = 480 scenes
 
 _MARKER = ".demo_complete.json"
-_FORMAT_VERSION = 3  # bump when the generated data changes, so stale demo folders are rewritten (3: sound)
+_FORMAT_VERSION = 4  # bump when the generated data changes, so stale demo folders are rewritten (3: sound, 4: 8-bit)
 _BACKGROUND = (215, 215, 215)
 _SUPERSAMPLE = 4  # draw at 4x and downsample: PIL's polygons have no anti-aliasing of their own
 
