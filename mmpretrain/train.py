@@ -138,7 +138,8 @@ def evaluate(run: Run, step: int, metrics: Union[MetricsLog, NoMetrics]) -> dict
     with run.engine.full_model() as model:
         if is_main or run.engine.collective_forward:
             results = run_eval(model, run.model.eval_transform, run.model.tokenizer, run.config.eval,
-                               device=run.engine.device, progress=run.config.train.progress and is_main)
+                               device=run.engine.device, progress=run.config.train.progress and is_main,
+                               audio=run.config.model.audio)
     barrier()
     results = results if is_main else {}
     metrics.write(step, **{f"eval/{k}": v for k, v in results.items()})

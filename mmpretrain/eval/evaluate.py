@@ -54,7 +54,7 @@ def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path
     resolved: torch.device = resolve_device(device)
     model = built.model.to(resolved)
     results = run_eval(model, built.eval_transform, built.tokenizer, eval_config, device=resolved, progress=progress,
-                       failures=failures)
+                       failures=failures, audio=model_config.audio)
     if record is None:
         record = {"model": asdict(model_config), "eval": asdict(eval_config)}
     write_results(results, record, out)

@@ -1,32 +1,41 @@
 """The eval harness: typed task configs in, a flat ``{"<kind>/<name>/<metric>": value}`` dict out.
 
-It only needs a model with ``encode(modality, x, normalize=True)`` (see `EvalModel`), the eval image transform
-and a tokenizer, so the trainer, the CLI and data_tools all call the same `run_eval`.
+It only needs a model with ``encode(modality, x, normalize=True)`` (see `EvalModel`), the eval image transform, a
+tokenizer and, for audio, the model's audio settings, so the trainer and the CLI call the same `run_eval`.
+
+A task names its modalities: zero-shot classifies `modality` (image or audio) against text prompts; retrieval
+runs both ways `between` two modalities (image-text by default, or any two of image, text, audio), matching items
+of the same sample, or with `match_key` of the same label (class-level). How each modality is read and embedded
+is in eval/modalities.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Protocol
 
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
+from mmpretrain.audio.config import AudioConfig
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.skips import SkipLedger
 from mmpretrain.errors import ConfigError, DataError, require
-from mmpretrain.eval.datasets import is_image_folder, load_retrieval, load_zeroshot
-from mmpretrain.eval.retrieval import retrieval_metrics
+from mmpretrain.eval.datasets import is_folder, load_retrieval, load_zeroshot
+from mmpretrain.eval.modalities import (MODALITIES, EvalInputs, ImageModality, ImageTransform, TextModality,
+                                        modality)
+from mmpretrain.eval.retrieval import cross_modal_metrics
 from mmpretrain.eval.templates import get_templates
 from mmpretrain.eval.zeroshot import Tokenizer, build_classifier, zeroshot_metrics
 
-ImageTransform = Callable[[Image.Image], torch.Tensor]
+# What zero-shot can classify: every modality but text, which gives the class prompts.
+ZEROSHOT_MODALITIES = tuple(m for m in MODALITIES if m != "text")
+DEFAULT_BETWEEN = ("image", "text")
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,15 @@ class EvalTaskConfig:
     templates: list[str] = field(default_factory=list)   # explicit templates, or
     template_set: Optional[str] = None                    # a named set from templates.py
     max_samples: Optional[int] = None  # the first N usable samples; skipped ones do not count
+    modality: str = "image"             # zero-shot: what is classified, image or audio
+    between: list[str] = field(default_factory=lambda: list(DEFAULT_BETWEEN))  # retrieval: its two modalities
+    # retrieval: a .json field (or member) holding a label; a hit is then any item of the same label (class-level,
+    # keys <q>_to_<k>_class_R@k), and a sample may hold either modality or both
+    match_key: Optional[str] = None
+
+    def modalities(self) -> list[str]:
+        """The towers the task needs: zero-shot its modality and text (the prompts), retrieval its two."""
+        return [self.modality, "text"] if self.kind == "zeroshot" else list(self.between)
 
     def validate(self, label: Optional[str] = None) -> None:
         """`label`: what errors call the task (EvalConfig gives its index too)."""
@@ -62,19 +80,39 @@ class EvalTaskConfig:
         if self.kind not in ("zeroshot", "retrieval"):
             raise ConfigError(f"{label}: kind must be 'zeroshot' or 'retrieval', got {self.kind!r}")
         if not self.data:
-            raise ConfigError(f"{label}: data is empty (give a shard spec or an image folder)")
+            raise ConfigError(f"{label}: data is empty (give a shard spec or a folder)")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"{label}: max_samples must be >= 1 or null (all), got {self.max_samples}")
-        if self.kind != "zeroshot":
+        if self.kind == "retrieval":
+            self._validate_retrieval(label)
             return
+        if self.modality not in ZEROSHOT_MODALITIES:
+            raise ConfigError(f"{label}: modality must be one of {', '.join(ZEROSHOT_MODALITIES)} (zero-shot "
+                              f"classifies it against text prompts), got {self.modality!r}")
+        if list(self.between) != list(DEFAULT_BETWEEN):
+            raise ConfigError(f"{label}: between is for retrieval tasks (zero-shot names its modality in modality), "
+                              f"got {list(self.between)}")
+        if self.match_key is not None:
+            raise ConfigError(f"{label}: match_key is for retrieval tasks (zero-shot reads labels by label_key)")
         try:
             templates = task_templates(self)
         except KeyError as err:
             raise ConfigError(f"{label}: {err.args[0]}") from None
         if not templates:
             raise ConfigError(f"{label}: zero-shot needs templates or a template_set")
-        if not self.classnames and not is_image_folder(self.data):
+        if not self.classnames and not is_folder(self.data):
             raise ConfigError(f"{label}: zero-shot on shards needs classnames")
+
+    def _validate_retrieval(self, label: str) -> None:
+        between = list(self.between)
+        if len(between) != 2 or len(set(between)) != 2 or any(m not in MODALITIES for m in between):
+            raise ConfigError(f"{label}: between must name two different modalities of {', '.join(MODALITIES)}, "
+                              f"got {between}")
+        if self.modality != "image":
+            raise ConfigError(f"{label}: modality is for zero-shot tasks (retrieval names its two modalities in "
+                              f"between), got {self.modality!r}")
+        if self.match_key is not None and not self.match_key.strip():
+            raise ConfigError(f"{label}: match_key is empty (null: match items of the same sample)")
 
 
 @dataclass
@@ -104,40 +142,42 @@ def task_templates(task: EvalTaskConfig) -> list[str]:
     return list(task.templates) + named
 
 
-def check_task_data(config: EvalConfig) -> None:
-    """Every task's data exists: checked when training starts, not minutes later at the first evaluation."""
+def check_task_modalities(config: EvalConfig, towers: Sequence[str]) -> None:
+    """Every task's modalities are towers of the model (`towers`, e.g. model.towers): one line naming the first
+    task that needs another."""
+    for index, task in enumerate(config.tasks):
+        missing = [m for m in task.modalities() if m not in towers]
+        if missing:
+            what = f"zero-shot {task.modality}" if task.kind == "zeroshot" else f"retrieval between " \
+                f"{' and '.join(task.between)}"
+            raise ConfigError(f"eval task {index} ({task.name!r}): {what} needs the {' and '.join(missing)} "
+                              f"tower, which the model lacks (model.towers = {list(towers)})")
+
+
+def check_task_data(config: EvalConfig, towers: Optional[Sequence[str]] = None) -> None:
+    """Every task's data exists (and with `towers`, its modalities are the model's): checked when training starts,
+    not minutes later at the first evaluation."""
+    if towers is not None:
+        check_task_modalities(config, towers)
     for task in config.tasks:
-        if not is_image_folder(task.data):
+        if not is_folder(task.data):
             try:
                 expand_shards(task.data)
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"eval task {task.name!r}: {err}") from None
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def encode_images(model: EvalModel, images: Sequence[Image.Image], transform: ImageTransform, batch_size: int,
+def encode_images(model: EvalModel, images: Sequence[Any], transform: ImageTransform, batch_size: int,
                   device: str | torch.device, progress: bool = False, desc: str = "images") -> torch.Tensor:
     """Normalized image embeddings [N, D] on CPU, computed `batch_size` images at a time."""
-    chunks = []
-    total = (len(images) + batch_size - 1) // batch_size
-    for batch in tqdm(_batches(images, batch_size), total=total, desc=desc, disable=not progress, leave=False):
-        pixels = torch.stack([transform(img) for img in batch]).to(device)
-        chunks.append(model.encode("image", pixels, normalize=True).float().cpu())
-    return torch.cat(chunks)
+    return ImageModality(EvalInputs(image_transform=transform)).encode(model, images, batch_size, device, progress,
+                                                                      desc)
 
 
 def encode_texts(model: EvalModel, texts: Sequence[str], tokenizer: Tokenizer, batch_size: int,
                  device: str | torch.device, progress: bool = False, desc: str = "texts") -> torch.Tensor:
     """Normalized text embeddings [M, D] on CPU, computed `batch_size` texts at a time."""
-    chunks = []
-    total = (len(texts) + batch_size - 1) // batch_size
-    for batch in tqdm(_batches(texts, batch_size), total=total, desc=desc, disable=not progress, leave=False):
-        chunks.append(model.encode("text", tokenizer(list(batch)).to(device), normalize=True).float().cpu())
-    return torch.cat(chunks)
+    return TextModality(EvalInputs(tokenizer=tokenizer)).encode(model, texts, batch_size, device, progress, desc)
 
 
 def _describe_skips(skips: SkipLedger) -> str:
@@ -160,31 +200,49 @@ def _count_skips(task: EvalTaskConfig, skips: SkipLedger) -> float:
     return float(skipped)
 
 
-def _run_zeroshot(model: EvalModel, transform: ImageTransform, tokenizer: Tokenizer, task: EvalTaskConfig,
-                  batch_size: int, device: str | torch.device, progress: bool) -> dict[str, float]:
-    data = load_zeroshot(task.data, task.classnames, task.label_key, task.max_samples)
+def _run_zeroshot(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, batch_size: int,
+                  device: str | torch.device, progress: bool) -> dict[str, float]:
+    classified = modality(task.modality, inputs)
+    data = load_zeroshot(task.data, task.classnames, task.label_key, task.max_samples, classified)
     skipped = _count_skips(task, data.skips)
-    classifier = build_classifier(model, tokenizer, data.classnames, task_templates(task), batch_size, device)
-    features = encode_images(model, data.images, transform, batch_size, device, progress, f"{task.name} images")
+    assert inputs.tokenizer is not None  # checked with the task's modalities
+    classifier = build_classifier(model, inputs.tokenizer, data.classnames, task_templates(task), batch_size, device)
+    features = classified.encode(model, data.items, batch_size, device, progress, f"{task.name} {task.modality}")
     return {**zeroshot_metrics(features, torch.tensor(data.labels), classifier), "skipped": skipped}
 
 
-def _run_retrieval(model: EvalModel, transform: ImageTransform, tokenizer: Tokenizer, task: EvalTaskConfig,
-                   batch_size: int, device: str | torch.device, progress: bool) -> dict[str, float]:
-    data = load_retrieval(task.data, task.max_samples)
+def _run_retrieval(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, batch_size: int,
+                   device: str | torch.device, progress: bool) -> dict[str, float]:
+    first, second = (modality(name, inputs) for name in task.between)
+    data = load_retrieval(task.data, task.max_samples, (first, second), task.match_key)
     skipped = _count_skips(task, data.skips)
-    texts = [caption for captions in data.captions for caption in captions]
-    owners = torch.tensor([i for i, captions in enumerate(data.captions) for _ in captions])
-    image_features = encode_images(model, data.images, transform, batch_size, device, progress,
-                                   f"{task.name} images")
-    text_features = encode_texts(model, texts, tokenizer, batch_size, device, progress, f"{task.name} texts")
-    return {**retrieval_metrics(image_features, text_features, owners), "skipped": skipped}
+    class_of = {label: index for index, label in enumerate(dict.fromkeys(data.labels))}
+    features, groups = [], []
+    for side in (first, second):
+        items, samples = data.items[side.name], data.samples[side.name]
+        if not items:  # class-level sets may hold one modality per sample; each side needs some
+            raise DataError(f"eval task {task.kind}/{task.name}: no usable sample in {task.data} holds "
+                            f"{side.name} (a {'/'.join(side.extensions)} member)")
+        if side.name == "text":  # a sample's captions are separate keys (or queries) of that sample
+            samples = [sample for captions, sample in zip(items, samples) for _ in captions]
+            items = [caption for captions in items for caption in captions]
+        if task.match_key is not None:
+            samples = [class_of[data.labels[sample]] for sample in samples]
+        features.append(side.encode(model, items, batch_size, device, progress, f"{task.name} {side.name}"))
+        groups.append(torch.tensor(samples))
+    metrics = cross_modal_metrics(first.name, features[0], groups[0], second.name, features[1], groups[1],
+                                  suffix="_class" if task.match_key is not None else "")
+    return {**metrics, "skipped": skipped}
 
 
-def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Tokenizer, config: EvalConfig,
-             device: str | torch.device = "cpu", progress: bool = True,
-             failures: Optional[dict[str, str]] = None) -> dict[str, float]:
+def run_eval(model: EvalModel, image_transform: Optional[ImageTransform], tokenizer: Optional[Tokenizer],
+             config: EvalConfig, device: str | torch.device = "cpu", progress: bool = True,
+             failures: Optional[dict[str, str]] = None, audio: Optional[AudioConfig] = None) -> dict[str, float]:
     """Run every task and return the flat metric dict, e.g. ``{"zeroshot/digits/top1": 0.93, ...}``.
+
+    `audio` is the model's audio settings (``model.audio``), needed by tasks that read audio. Before any data is
+    read, the config is validated, and a task needing a tower the model lacks (``model.modalities``) or an input
+    not given here is refused with one ConfigError line naming it.
 
     Each task also reports ``<kind>/<name>/skipped``, its count of bad samples (and samples of broken shards)
     passed over; a task with no usable sample raises DataError naming it.
@@ -196,7 +254,17 @@ def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Token
     The model runs in eval mode without gradients and gets its previous train/eval mode back afterwards.
     """
     config.validate()
-    runners = {"zeroshot": _run_zeroshot, "retrieval": _run_retrieval}
+    towers = getattr(model, "modalities", None)
+    if towers is not None:
+        check_task_modalities(config, towers)
+    inputs = EvalInputs(image_transform, tokenizer, audio)
+    for index, task in enumerate(config.tasks):
+        for name in task.modalities():
+            try:
+                modality(name, inputs)
+            except ConfigError as err:
+                raise ConfigError(f"eval task {index} ({task.name!r}): {err}") from None
+    runners: dict[str, Callable[..., dict[str, float]]] = {"zeroshot": _run_zeroshot, "retrieval": _run_retrieval}
     results: dict[str, float] = {}
     was_training = model.training
     model.train(False)
@@ -204,8 +272,7 @@ def run_eval(model: EvalModel, image_transform: ImageTransform, tokenizer: Token
         with torch.no_grad():
             for task in tqdm(config.tasks, desc="eval", disable=not progress):
                 try:
-                    metrics = runners[task.kind](model, image_transform, tokenizer, task, config.batch_size,
-                                                 device, progress)
+                    metrics = runners[task.kind](model, inputs, task, config.batch_size, device, progress)
                 except Exception as err:  # noqa: BLE001 - one task's failure must not lose the others' results
                     if failures is None:
                         raise

@@ -27,6 +27,13 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
         "a large {}.",
         "a picture of a {}.",
     ),
+    # Audio zero-shot (LAION-CLAP's prompt is "This is a sound of {}.")
+    "sounds": (
+        "this is a sound of {}.",
+        "the sound of {}.",
+        "a recording of {}.",
+        "{} can be heard.",
+    ),
     "generic": (
         "a photo of a {}.",
         "a blurry photo of a {}.",
