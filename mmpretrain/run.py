@@ -116,7 +116,7 @@ def prepare_run_dir(config: RunConfig, resume: Optional[str], overwrite: bool, p
 def build_run(config: RunConfig, process: ProcessInfo, resume: Optional[str] = None,
               overwrite: bool = False, allow_changes: Sequence[str] = ()) -> Run:
     """Build every part in dependency order and register the stateful ones (not yet restored)."""
-    check_task_data(config.eval)
+    check_task_data(config.eval, config.model.towers)  # before any step: a task on a tower the model lacks
     run_dir, lock = prepare_run_dir(config, resume, overwrite, process, allow_changes)
     try:
         return _build_parts(config, process, run_dir, lock)
