@@ -33,20 +33,30 @@ def _parser() -> argparse.ArgumentParser:
                             "section, e.g. model,data.shards.train), with a warning")
     _add_overrides(train)
 
-    evaluate = commands.add_parser("eval", help="zero-shot / retrieval evaluation of a run or a config")
-    evaluate.add_argument("target", help="a run directory (uses its config and newest checkpoint) or a config")
+    evaluate = commands.add_parser("eval", help="zero-shot / retrieval evaluation of a run, a config or an export")
+    evaluate.add_argument("target", help="a run directory (uses its config and newest checkpoint), a config, or an "
+                                         "export directory in mmpretrain's format (`export --format mmpretrain`)")
     evaluate.add_argument("--checkpoint", help="checkpoint to evaluate (default: the run's newest)")
-    evaluate.add_argument("--out", help="where to write the flat results JSON (default: beside the run)")
+    evaluate.add_argument("--config", dest="eval_config", metavar="CONFIG",
+                          help="for an export directory: the config whose eval section (and train.device) to use; "
+                               "overrides apply on top (default: the tasks given as eval.tasks=[...] overrides)")
+    evaluate.add_argument("--out", help="where to write the flat results JSON (default: beside the run, or in the "
+                                        "export directory)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     evaluate.add_argument("--random-init", action="store_true",
                           help="score a config's model untrained (no checkpoint, no model.pretrained) on purpose")
     _add_overrides(evaluate)
 
-    export = commands.add_parser("export", help="write a run's model as an open_clip checkpoint")
+    export = commands.add_parser("export", help="write a run's model as an open_clip checkpoint (image-text "
+                                                "models) or in mmpretrain's format (any towers)")
     export.add_argument("source", help="a run directory (newest checkpoint) or a checkpoint file")
-    export.add_argument("out", help="output directory (open_clip_config.json + weights)")
-    export.add_argument("--format", dest="formats", action="append", choices=["safetensors", "bin"],
-                        help="weight formats to write (repeatable; default: both)")
+    export.add_argument("out", help="output directory (open_clip_config.json + weights, or mmpretrain_config.json "
+                                    "+ mmpretrain_model.safetensors)")
+    export.add_argument("--format", dest="formats", action="append",
+                        choices=["open_clip", "mmpretrain", "safetensors", "bin"],
+                        help="open_clip or mmpretrain: the format (default: open_clip for an image-text model, "
+                             "mmpretrain for any other); safetensors, bin: open_clip's weight files (default: "
+                             "both). Repeatable")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
     doctor = commands.add_parser("doctor", help="what state a run directory is in: checkpoints, config changes, "
@@ -119,16 +129,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mmpretrain.engine.export_mmpretrain import is_export_dir
     from mmpretrain.eval.evaluate import evaluate_checkpoint
-    from mmpretrain.eval.harness import format_table
 
     target = Path(args.target)
+    if is_export_dir(target):
+        return _eval_export(args, target)
+    if args.eval_config:
+        raise ConfigError(f"--config applies to an export directory; {target} is not one (no "
+                          f"mmpretrain_config.json): a config to evaluate is the target itself")
     run_dir = target if target.is_dir() else None
+    if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{target} is neither a run directory (no config.yaml) nor an export in "
+                                f"mmpretrain's format (no mmpretrain_config.json)")
     config = load_config(target / "config.yaml", args.overrides) if run_dir else _load(args.target, args.overrides)
     out = Path(args.out) if args.out else (run_dir or config.run_dir) / "eval_results.json"
     failures: dict[str, str] = {}
     results = evaluate_checkpoint(config, run_dir=run_dir, checkpoint=args.checkpoint, out=out,
                                   random_init=args.random_init, overwrite=args.overwrite, failures=failures)
+    return _report_eval(results, out, failures)
+
+
+def _eval_export(args: argparse.Namespace, export_dir: Path) -> int:
+    """`mmpretrain eval EXPORT_DIR`: the model is the export's; the tasks come from overrides or --config."""
+    from mmpretrain.eval.evaluate import evaluate_export
+
+    if args.checkpoint or args.random_init:
+        raise ConfigError(f"{export_dir} is an export: its weights are the model (no --checkpoint or --random-init)")
+    model_keys = [o.split("=", 1)[0] for o in args.overrides if o.split("=", 1)[0].split(".")[0] == "model"]
+    if model_keys:
+        raise ConfigError(f"{export_dir} is an export: its model is as exported, {model_keys[0]} cannot change it")
+    config = _load(args.eval_config, args.overrides) if args.eval_config else load_config(None, args.overrides)
+    out = Path(args.out) if args.out else export_dir / "eval_results.json"
+    failures: dict[str, str] = {}
+    results = evaluate_export(export_dir, config.eval, out, device=config.train.device,
+                              progress=config.train.progress, overwrite=args.overwrite, failures=failures)
+    return _report_eval(results, out, failures)
+
+
+def _report_eval(results: dict[str, float], out: Path, failures: dict[str, str]) -> int:
+    from mmpretrain.eval.harness import format_table
+
     print(format_table(results))
     print(f"results written to {out}")
     for task, error in failures.items():
@@ -137,11 +178,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mmpretrain.engine.export import export_open_clip
+    from mmpretrain.engine.export import LAYOUTS, export_model
 
-    formats = tuple(args.formats or ("safetensors", "bin"))
-    out = export_open_clip(Path(args.source), Path(args.out), formats=formats, overwrite=args.overwrite)
-    print(f"open_clip checkpoint written to {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
+    chosen = args.formats or []
+    layouts = sorted({f for f in chosen if f in LAYOUTS})
+    if len(layouts) > 1:
+        raise ConfigError(f"--format: pick one of {list(LAYOUTS)}, got both")
+    weights = tuple(dict.fromkeys(f for f in chosen if f not in LAYOUTS)) or None
+    out, layout = export_model(Path(args.source), Path(args.out), layout=layouts[0] if layouts else None,
+                               formats=weights, overwrite=args.overwrite)
+    if layout == "open_clip":
+        print(f"open_clip checkpoint written to {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
+    else:
+        print(f"mmpretrain export written to {out}: `mmpretrain eval {out} eval.tasks=[...]`, or "
+              f"mmpretrain.engine.export_mmpretrain.load_export('{out}')")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Evaluate a trained run (its newest or a given checkpoint) or a model named by a config.
+"""Evaluate a trained run (its newest or a given checkpoint), a model named by a config, or an export in
+mmpretrain's format (`evaluate_export`).
 
 Takes the config sections it uses (model, eval) and plain settings, not the run config: eval/ sits below
 `mmpretrain.config`, which composes every section, and does not import it.
@@ -17,7 +18,7 @@ from mmpretrain.engine.checkpoint import load_checkpoint, model_state, resolve_r
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.errors import ConfigError
 from mmpretrain.eval.harness import EvalConfig, run_eval, write_results
-from mmpretrain.models import ModelConfig, build_model
+from mmpretrain.models import BuiltModel, ModelConfig, build_model
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,40 @@ def evaluate_model(model_config: ModelConfig, eval_config: EvalConfig, out: Path
         log.info("evaluating %s", path)
     else:
         log.info("evaluating %s as built (pretrained=%s)", model_config.name, model_config.pretrained)
+    if record is None:
+        record = {"model": asdict(model_config), "eval": asdict(eval_config)}
+    return _score(built, model_config, eval_config, out, device, progress, record, failures)
+
+
+def evaluate_export(export_dir: Path, eval_config: EvalConfig, out: Path, device: str = "auto",
+                    progress: bool = True, overwrite: bool = False,
+                    failures: Optional[dict[str, str]] = None) -> dict[str, float]:
+    """`mmpretrain eval EXPORT_DIR`: `eval_config`'s tasks on the model of an export in mmpretrain's format
+    (engine/export_mmpretrain.py), results written to `out` with the export's model section and source beside
+    them. Refused before any work: no tasks, an existing `out` unless `overwrite`."""
+    from mmpretrain.engine.export import typed_model_config
+    from mmpretrain.engine.export_mmpretrain import load_export
+
+    if not eval_config.tasks:
+        raise ConfigError(f"no eval tasks for the export {export_dir}: give eval.tasks=[...] overrides or --config "
+                          f"CONFIG with an eval section")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists: pass --overwrite to replace it, or --out to write elsewhere")
+    loaded = load_export(export_dir)
+    log.info("evaluating the export %s (from %s)", export_dir, loaded.config.get("source"))
+    record = {"export": str(Path(export_dir).resolve()), "source": loaded.config.get("source"),
+              "model": loaded.config["model"], "loss_name": loaded.config["loss_name"], "eval": asdict(eval_config)}
+    return _score(loaded.built, typed_model_config(loaded.config["model"]), eval_config, out, device, progress,
+                  record, failures)
+
+
+def _score(built: BuiltModel, model_config: ModelConfig, eval_config: EvalConfig, out: Path, device: str,
+           progress: bool, record: Any, failures: Optional[dict[str, str]]) -> dict[str, float]:
+    """Run the tasks on a built (and loaded) model and write the results with `record` beside them."""
     resolved: torch.device = resolve_device(device)
     model = built.model.to(resolved)
     results = run_eval(model, built.eval_transform, built.tokenizer, eval_config, device=resolved, progress=progress,
                        failures=failures, audio=model_config.audio)
-    if record is None:
-        record = {"model": asdict(model_config), "eval": asdict(eval_config)}
     write_results(results, record, out)
     return results
 
