@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Chance is 0.10 for digits, 1/6 for colour and 1/4 for shape; these are the issue's acceptance bars.
+# Chance is 0.10 for digits, 1/6 for colour and 1/4 for shape; these are the issues' acceptance bars. The audio
+# tower only ever met text, and so did the image tower: image->audio retrieval of the same digit (chance 0.10) is
+# alignment that emerged through the shared text space (ImageBind's observation).
 DEMO_TARGETS: dict[str, float] = {
     "zeroshot/digits/top1": 0.90,
     "zeroshot/shapes-colour/top1": 0.80,
     "zeroshot/shapes-shape/top1": 0.80,
+    "zeroshot/digits-audio/top1": 0.90,
+    "retrieval/digits-emergent/image_to_audio_class_R@1": 0.60,
 }
 
 

@@ -38,6 +38,11 @@ def colour_flac(colour: str, rng: random.Random, seconds: float = 0.25) -> bytes
     return out.getvalue()
 
 
+def keep_config_towers(overrides: list[str]) -> list[str]:
+    """`micro_overrides` without its image-text towers and pairs: the config's own (e.g. configs/bind.yaml) stay."""
+    return [o for o in overrides if not o.startswith(("model.towers=", "model.pairs="))]
+
+
 def audio_overrides() -> list[str]:
     """Overrides that give the micro model the micro audio tower (0.25 s clips, 32 mel bands)."""
     return ["model.audio.encoder=mmp-ast-micro", "model.audio.n_mels=32", "model.audio.clip_seconds=0.25",
@@ -89,9 +94,11 @@ def colour_shards(tmp_path: Path) -> Path:
 
 
 def micro_overrides(data_dir: Path, output_dir: Path, steps: int = 4) -> list[str]:
-    """Overrides that make any config train the micro towers on `data_dir` for a few steps."""
+    """Overrides that make any config train the micro image and text towers on `data_dir` for a few steps (the
+    demo config's audio tower taken out: add `model.towers=[...]` after these, with `audio_overrides()`)."""
     return [
-        "model.name=mmp-test-micro", f"data.train=[{data_dir}]", "data.batch_size=6", "data.num_workers=0",
+        "model.name=mmp-test-micro", "model.towers=[image,text]", "model.pairs=[]", f"data.train=[{data_dir}]",
+        "data.batch_size=6", "data.num_workers=0",
         "data.shuffle_buffer=8", f"train.steps={steps}", "train.log_every=2", "train.progress=false",
         "train.device=cpu", "optim.warmup_steps=1", f"output_dir={output_dir}", "run_name=micro",
     ]

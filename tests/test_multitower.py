@@ -17,7 +17,7 @@ from mmpretrain.models import build_model
 from mmpretrain.models.pairs import PairConfig, resolve_pairs
 from mmpretrain.paths import resolve_config_path
 from mmpretrain.train import train
-from tests.conftest import audio_overrides, micro_overrides, write_colour_shards
+from tests.conftest import audio_overrides, keep_config_towers, micro_overrides, write_colour_shards
 
 TOWERS = ["image", "text", "audio"]
 
@@ -173,7 +173,7 @@ def test_the_audio_configs_train(tmp_path, name, missing):
     the micro towers: the run trains and logs every pair."""
     shards = tmp_path / "shards"
     write_colour_shards(shards, n_shards=2, per_shard=12, audio=True, missing_every=missing)
-    overrides = micro_overrides(shards, tmp_path / "runs", steps=4) + audio_overrides() + [
+    overrides = keep_config_towers(micro_overrides(shards, tmp_path / "runs", steps=4)) + audio_overrides() + [
         "eval.tasks=[]", "train.log_every=1", "run_name=" + name]
     config = load_config(str(resolve_config_path(name)), overrides)
     result = train(config)

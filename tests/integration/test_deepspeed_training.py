@@ -120,11 +120,11 @@ def test_a_diverging_deepspeed_run_stops_on_every_rank_before_a_nan_checkpoint(s
 def test_three_towers_with_missing_modalities_train_under_deepspeed_on_two_processes(tmp_path):
     """configs/bind.yaml (image, text, audio; every tower bound to text; samples lacking image or audio) under
     ZeRO-2 on 2 ranks, then resumed exactly: the masked pair losses hold up across ranks and a checkpoint."""
-    from tests.conftest import audio_overrides
+    from tests.conftest import audio_overrides, keep_config_towers
 
     data = tmp_path / "shards"
     write_colour_shards(data, n_shards=4, per_shard=8, audio=True, missing_every={"image": 3, "flac": 4})
-    overrides = micro_overrides(data, tmp_path / "runs", steps=4) + audio_overrides() + [
+    overrides = keep_config_towers(micro_overrides(data, tmp_path / "runs", steps=4)) + audio_overrides() + [
         "engine.name=deepspeed", "engine.deepspeed_config=zero2", "eval.tasks=[]", "train.log_every=1",
         "data.batch_size=4", "optim.min_lr_ratio=1.0", "run_name=bind", "train.checkpoint_every=2"]
     done = torchrun(2, ["train", "bind", *overrides], tmp_path)
