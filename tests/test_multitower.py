@@ -218,3 +218,17 @@ def test_gradcache_replays_the_random_draws_of_stochastic_layers():
             audio_grads += name.startswith("towers.audio.")
     assert audio_grads > 0
     assert torch.equal(state_after, torch.random.get_rng_state())  # the step consumed each draw once
+
+
+def test_audio_members_obey_the_member_size_cap(tmp_path, capsys):
+    """An audio member over data.limits.max_member_bytes is never read (judged from the tar header): a counted
+    `member_too_large` skip; with every clip over it, the run stops with one line naming the reason."""
+    from mmpretrain.cli import main
+
+    shards = tmp_path / "shards"
+    write_colour_shards(shards, n_shards=2, per_shard=6, audio=True)
+    overrides = keep_config_towers(micro_overrides(shards, tmp_path / "runs", steps=2)) + audio_overrides() + [
+        "eval.tasks=[]", "data.limits.max_member_bytes=1000", "data.limits.min_side=1"]
+    assert main(["train", "clap", *overrides]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no usable sample" in err[0] and "member_too_large" in err[0], err

@@ -146,3 +146,25 @@ def test_three_towers_with_missing_modalities_train_under_deepspeed_on_two_proce
     assert [r["step"] for r in again] == [3, 4]
     torch.testing.assert_close(torch.tensor([r["loss"] for r in again]),
                                torch.tensor([r["loss"] for r in records[2:]]), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["clap", "lit-audio"])
+def test_the_clap_and_locked_tower_configs_train_under_deepspeed(tmp_path, name):
+    """configs/clap.yaml (audio-text only) and configs/lit-audio.yaml (image and text towers locked: DeepSpeed gets
+    only the audio tower and its head to optimise) under ZeRO-2 on 2 ranks; the locked towers do not move."""
+    from tests.conftest import audio_overrides, keep_config_towers
+
+    data = tmp_path / "shards"
+    write_colour_shards(data, n_shards=4, per_shard=8, audio=True)
+    overrides = keep_config_towers(micro_overrides(data, tmp_path / "runs", steps=3)) + audio_overrides() + [
+        "engine.name=deepspeed", "engine.deepspeed_config=zero2", "eval.tasks=[]", "train.log_every=1",
+        "data.batch_size=4", f"run_name={name}", "train.checkpoint_every=1", "train.keep_checkpoints=3"]
+    done = torchrun(2, ["train", name, *overrides], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [r for r in read_metrics(tmp_path / "runs" / name / "metrics.jsonl") if "loss" in r]
+    assert len(records) == 3 and all(r["loss"] > 0 for r in records)
+    first, last = (model_state(load_checkpoint(p)) for p in list_checkpoints(tmp_path / "runs" / name / "checkpoints")[::2])
+    moved = {k for k in last if last[k].is_floating_point() and not torch.equal(first[k], last[k])}
+    assert any(k.startswith("towers.audio.") for k in moved)
+    if name == "lit-audio":
+        assert not any(k.startswith(("towers.image.", "towers.text.")) for k in moved), sorted(moved)[:5]
