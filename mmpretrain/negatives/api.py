@@ -62,6 +62,14 @@ def caption_rng(seed: int, key: str, type_: str, index: int) -> random.Random:
     return random.Random(f"{seed}-{key}-{type_}-{index}")
 
 
+def _default(type_: str, per_caption: int) -> Generator:
+    """The registry's generator, asked for enough candidates that copies of positives can be passed over."""
+    generator = get_generator(type_)
+    if isinstance(getattr(generator, "max_candidates", None), int):
+        generator.max_candidates = max(generator.max_candidates, 2 * per_caption)  # type: ignore[attr-defined]
+    return generator
+
+
 def generate_negatives(captions: Sequence[str], types: Sequence[str], per_caption: int, seed: int, key: str,
                        generators: Mapping[str, Generator] | None = None) -> tuple[list[Negative], NegativeReport]:
     """Up to `per_caption` negatives of each type for each caption of one sample (the sample's positives).
@@ -72,7 +80,7 @@ def generate_negatives(captions: Sequence[str], types: Sequence[str], per_captio
     """
     if per_caption < 1:
         raise ValueError(f"per_caption must be at least 1, got {per_caption}")
-    chosen = {t: (generators or {}).get(t) or get_generator(t) for t in types}
+    chosen = {t: (generators or {}).get(t) or _default(t, per_caption) for t in types}
     positives = {normalise(c) for c in captions}
     report = NegativeReport(samples=1)
     negatives: list[Negative] = []

@@ -47,7 +47,9 @@ def words(text: str) -> list[str]:
 
 
 def match_case(new: str, old: str) -> str:
-    """`new` with `old`'s capitalisation (only initial-capital and all-lower are told apart)."""
+    """`new` with `old`'s capitalisation: all capitals, an initial capital, or as given."""
+    if len(old) > 1 and old.isupper():
+        return new.upper()
     return new[:1].upper() + new[1:] if old[:1].isupper() else new
 
 

@@ -81,3 +81,11 @@ def test_copies_and_skips_are_counted():
     assert (copier.equal_to_positive, copier.not_applicable, copier.emitted) == (2, 2, 0)
     assert never.reasons == {"does not apply": 2} and never.not_applicable == 2
     assert report.to_json()["types"]["never"]["not_applicable"] == 2
+
+
+def test_many_per_caption():
+    captions = ["a large blue square left of a small green triangle"]
+    negatives, report = generate_negatives(captions, ["replace_attribute"], 10, seed=0, key="k")
+    assert len(negatives) == 10 and report.types["replace_attribute"].emitted == 10
+    fewer, _ = generate_negatives(captions, ["replace_attribute"], 3, seed=0, key="k")
+    assert len(fewer) == 3

@@ -129,3 +129,9 @@ def test_partial_makes_one_clause_wrong_and_never_truncates():
         assert len(new) == len(clauses)  # nothing dropped: a shorter true caption is no negative
         assert sum(a != b for a, b in zip(new, clauses)) == 1
     assert skip("partial", "a red square left of a blue circle") == "a single clause"
+
+
+def test_capitals_and_punctuation_are_kept():
+    assert "A Blue Square." in every("replace_attribute", "A Red Square.")
+    assert "A BLUE SQUARE LEFT OF A RED CIRCLE!" in every("swap_attributes", "A RED SQUARE LEFT OF A BLUE CIRCLE!")
+    assert "The blue circle left of the red square." in every("swap_relation", "The red square left of the blue circle.")
