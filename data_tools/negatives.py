@@ -36,6 +36,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(mean log-probability per token, nats); default: keep all")
     parser.add_argument("--folds", type=int, default=2, help="cross-fitting folds of the blind model (1: train "
                                                              "on every sample, flattering the positives)")
+    parser.add_argument("--in-vocabulary", action="store_true",
+                        help="replace attributes and objects only with words the input's captions use (a word the "
+                             "data never uses gives the negative away to a text-only model)")
     parser.add_argument("--limit", type=int, default=None, help="read at most this many samples")
     parser.add_argument("--show", type=int, default=0, help="print this many negatives per type")
     return parser.parse_args(argv)
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ValueError(f"unknown negative type {unknown[0]!r}; known: {', '.join(available_generators())}")
         samples = read_samples(args.source, args.limit)
-        rows, summary = run(samples, types, args.per_caption, args.seed, args.folds, args.filter_margin)
+        rows, summary = run(samples, types, args.per_caption, args.seed, args.folds, args.filter_margin,
+                            args.in_vocabulary)
     except (ValueError, FileNotFoundError) as error:
         print(f"mmpretrain negatives: error: {error}", file=sys.stderr)
         return 2

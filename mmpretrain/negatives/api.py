@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmpretrain.negatives.base import Generator, Negative, Skip, get_generator
 from mmpretrain.negatives.parse import normalise
+from mmpretrain.negatives.rules import RuleGenerator
 
 
 @dataclass
@@ -62,25 +63,34 @@ def caption_rng(seed: int, key: str, type_: str, index: int) -> random.Random:
     return random.Random(f"{seed}-{key}-{type_}-{index}")
 
 
-def _default(type_: str, per_caption: int) -> Generator:
-    """The registry's generator, asked for enough candidates that copies of positives can be passed over."""
+def _default(type_: str, per_caption: int, vocabulary: frozenset[str] | None) -> Generator:
+    """The registry's generator, asked for enough candidates that copies of positives can be passed over, and
+    restricted to `vocabulary` for its replacement words when given."""
     generator = get_generator(type_)
-    if isinstance(getattr(generator, "max_candidates", None), int):
-        generator.max_candidates = max(generator.max_candidates, 2 * per_caption)  # type: ignore[attr-defined]
+    if isinstance(generator, RuleGenerator):
+        generator.max_candidates = max(generator.max_candidates, 2 * per_caption)
+        generator.vocabulary = vocabulary
     return generator
 
 
+def caption_vocabulary(captions: Iterable[str]) -> frozenset[str]:
+    """The normalised words of a corpus: pass as `vocabulary` so replacements use only words the data uses."""
+    return frozenset(word for caption in captions for word in normalise(caption).split())
+
+
 def generate_negatives(captions: Sequence[str], types: Sequence[str], per_caption: int, seed: int, key: str,
-                       generators: Mapping[str, Generator] | None = None) -> tuple[list[Negative], NegativeReport]:
+                       generators: Mapping[str, Generator] | None = None, vocabulary: frozenset[str] | None = None
+                       ) -> tuple[list[Negative], NegativeReport]:
     """Up to `per_caption` negatives of each type for each caption of one sample (the sample's positives).
 
     A negative equal to any positive after normalisation is dropped (counted as equal_to_positive), as are
     repeats within the sample; a caption a type gives nothing for counts as not applicable, with the reason.
-    `generators` overrides the registry's default instance of a type (e.g. `Count(articles=True)`).
+    `generators` overrides the registry's default instance of a type (e.g. `Count(articles=True)`);
+    `vocabulary` (see `caption_vocabulary`) limits the default generators' replacement words to the data's own.
     """
     if per_caption < 1:
         raise ValueError(f"per_caption must be at least 1, got {per_caption}")
-    chosen = {t: (generators or {}).get(t) or _default(t, per_caption) for t in types}
+    chosen = {t: (generators or {}).get(t) or _default(t, per_caption, vocabulary) for t in types}
     positives = {normalise(c) for c in captions}
     report = NegativeReport(samples=1)
     negatives: list[Negative] = []

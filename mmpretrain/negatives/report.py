@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mmpretrain.negatives.api import NegativeReport, generate_negatives
+from mmpretrain.negatives.api import NegativeReport, caption_vocabulary, generate_negatives
 from mmpretrain.negatives.base import Negative
 from mmpretrain.negatives.blind import blind_accuracy, blind_filter, blind_margin, cross_fitted_scorers
 
@@ -60,12 +60,14 @@ def _iter_samples(source: str, path: Path) -> Iterator[Sample]:
 
 
 def run(samples: list[Sample], types: list[str], per_caption: int, seed: int, folds: int,
-        filter_margin: float | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Generate, score blind, optionally filter: the output rows and the report (JSON-ready)."""
+        filter_margin: float | None, in_vocabulary: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Generate, score blind, optionally filter: the output rows and the report (JSON-ready). `in_vocabulary`:
+    replacement words only from the words of these samples' positives."""
     report = NegativeReport()
     made: list[tuple[str, list[str], list[Negative]]] = []
+    vocabulary = caption_vocabulary(c for _, captions in samples for c in captions) if in_vocabulary else None
     for key, captions in samples:
-        negatives, sample_report = generate_negatives(captions, types, per_caption, seed, key)
+        negatives, sample_report = generate_negatives(captions, types, per_caption, seed, key, vocabulary=vocabulary)
         report.merge(sample_report)
         made.append((key, captions, negatives))
     scorer_for = cross_fitted_scorers(samples, folds=folds)
@@ -86,6 +88,7 @@ def run(samples: list[Sample], types: list[str], per_caption: int, seed: int, fo
         if filter_margin is not None:
             counts["filtered"] = filtered[name]
     summary.update(seed=seed, per_caption=per_caption, folds=folds, filter_margin=filter_margin,
+                   in_vocabulary=in_vocabulary,
                    scorer="interpolated Kneser-Ney trigram (D=0.75) on the positives of the other folds; "
                           "score = mean natural-log probability per token")
     return rows, summary

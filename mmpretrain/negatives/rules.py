@@ -30,6 +30,12 @@ class RuleGenerator:
     def __init__(self, lexicon: Lexicon | None = None, max_candidates: int = MAX_CANDIDATES) -> None:
         self.lex = lexicon or load_lexicon()
         self.max_candidates = max_candidates
+        # Replacement words, when set, come only from these (the data's own words): a word the data never uses
+        # gives a negative away to a text-only model (blind.py), so it teaches nothing about the image.
+        self.vocabulary: frozenset[str] | None = None
+
+    def allowed(self, word: str) -> bool:
+        return self.vocabulary is None or word.lower() in self.vocabulary
 
     def edits(self, parsed: Parsed, rng: random.Random) -> list[Edit] | Skip:
         raise NotImplementedError
@@ -113,7 +119,7 @@ class ReplaceAttribute(RuleGenerator):
             if word.kind not in self.kinds:
                 continue
             for g, group in enumerate(self.lex.groups[word.kind]):
-                if g != word.group:
+                if g != word.group and self.allowed(group[0]):
                     tokens = list(parsed.tokens)
                     tokens[i] = match_case(group[0], word.text)
                     out.append((tokens, {"kind": word.kind, "from": word.text.lower(), "to": group[0]}))
@@ -141,6 +147,8 @@ class ReplaceObject(RuleGenerator):
                     form = str(self.lex.digit_words.index(other))
                 else:
                     form = self.lex.plural(other) if word.plural else other
+                if not self.allowed(form):
+                    continue
                 tokens = list(parsed.tokens)
                 tokens[np.head] = match_case(form, word.text)
                 out.append((tokens, {"category": word.category, "from": word.text.lower(), "to": form}))
@@ -342,7 +350,10 @@ class Partial(RuleGenerator):
         for k, (a, b) in enumerate(clauses):
             clause = detokenize(parsed.tokens[a:b])
             for via in self.VIA:
-                made = get_generator(via).generate(clause, rng)
+                generator = get_generator(via)
+                if isinstance(generator, RuleGenerator):
+                    generator.vocabulary = self.vocabulary
+                made = generator.generate(clause, rng)
                 if isinstance(made, Skip):
                     continue
                 for negative in made[:2]:

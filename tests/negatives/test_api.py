@@ -89,3 +89,14 @@ def test_many_per_caption():
     assert len(negatives) == 10 and report.types["replace_attribute"].emitted == 10
     fewer, _ = generate_negatives(captions, ["replace_attribute"], 3, seed=0, key="k")
     assert len(fewer) == 3
+
+
+def test_vocabulary_limits_replacements_to_the_datas_words():
+    from mmpretrain.negatives.api import caption_vocabulary
+
+    corpus = ["a red square", "a blue circle", "a green triangle"]
+    vocabulary = caption_vocabulary(corpus)
+    negatives, report = generate_negatives(["a red square"], ["replace_attribute", "replace_object", "partial"], 10,
+                                           seed=0, key="k", vocabulary=vocabulary)
+    assert {n.text for n in negatives} == {"a blue square", "a green square", "a red circle", "a red triangle"}
+    assert report.types["partial"].reasons == {"a single clause": 1}
