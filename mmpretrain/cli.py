@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|export|demo|doctor|launch|write-shards`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|export|demo|doctor|launch|write-shards|negatives`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -63,11 +63,13 @@ def _parser() -> argparse.ArgumentParser:
                                                 "lock, skips, last logged step, results")
     doctor.add_argument("run_dir", help="a run directory (output_dir/run_name)")
 
-    # `launch` and `write-shards` are listed for --help only: main() hands their arguments on before parsing.
+    # `launch`, `write-shards` and `negatives` are listed for --help only: main() hands their arguments on before parsing.
     commands.add_parser("launch", help="start training: `launch slurm ...` (sbatch) or `launch local ...` "
                                       "(N processes); see `mmpretrain launch --help`")
     commands.add_parser("write-shards", help="write WebDataset shards from a folder or a CSV/JSONL/Parquet "
                                             "manifest; see `mmpretrain write-shards --help`")
+    commands.add_parser("negatives", help="preview rule-based hard-negative captions of a caption file or shards, "
+                                         "with per-type counts and blind accuracy; see `mmpretrain negatives --help`")
 
     demo = commands.add_parser("demo", help="generate the embedded data, train a small model, evaluate")
     demo.add_argument("--data-root", default="data/demo", help="where the demo shards are (generated if absent)")
@@ -212,7 +214,8 @@ _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
 
 # Commands with a parser of their own, in the repository's launch/ and data_tools/ folders (installed as these
 # modules). They are imported only when called: the library proper never imports them (ARCHITECTURE.md).
-_DELEGATED = {"launch": "mmpretrain.launch.cli", "write-shards": "mmpretrain.data_tools.write_shards"}
+_DELEGATED = {"launch": "mmpretrain.launch.cli", "write-shards": "mmpretrain.data_tools.write_shards",
+              "negatives": "mmpretrain.data_tools.negatives"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
