@@ -100,8 +100,9 @@ class EvalTaskConfig:
         compositional_keys = [k for k in ("format", "images") if getattr(self, k) is not None]
         compositional_keys += ["subsets"] if self.subsets else []
         if compositional_keys:
-            raise ConfigError(f"{label}: {', '.join(compositional_keys)} {'is' if len(compositional_keys) == 1 else 'are'}"
-                              f" for compositional tasks (kind: compositional)")
+            verb = "is" if len(compositional_keys) == 1 else "are"
+            raise ConfigError(f"{label}: {', '.join(compositional_keys)} {verb} for compositional tasks "
+                              f"(kind: compositional)")
         if self.kind == "retrieval":
             self._validate_retrieval(label)
             return

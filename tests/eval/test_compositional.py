@@ -3,7 +3,6 @@ sugar_crepe, Winoground's three scores by hand, counted skips, and one-line conf
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ ADJECTIVES = ["red", "small", "wooden", "old", "bright", "wet", "striped", "tall
 def _sugarcrepe(root: Path, subsets: dict[str, int], images: int = 9) -> None:
     """clip_benchmark's layout: root/<subset>.json and root/val2017/<filename>; ids non-contiguous, images shared."""
     for i in range(images):
-        _noise_png(root / "val2017" / f"{i:012d}.jpg".replace(".jpg", ".png"), seed=i)
+        _noise_png(root / "val2017" / f"{i:012d}.png", seed=i)
     rng = np.random.default_rng(1)
     for subset, count in subsets.items():
         entries = {}

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from mmpretrain.data.skips import SampleSkipped, SkipEvent
-from mmpretrain.eval.compositional.data import ChoiceItem, CompositionalData, GroupItem, ImageRef
+from mmpretrain.eval.compositional.data import ChoiceItem, CompositionalData, ImageRef
 from mmpretrain.eval.compositional.scoring import (BlindScorer, choice_hits, choice_metrics, group_metrics,
                                                    group_scores, texts_of)
 from mmpretrain.eval.modalities import Encoder, ImageModality, TextModality
@@ -77,5 +77,3 @@ def evaluate(model: Encoder, data: CompositionalData, images: ImageModality, tex
     hits = choice_hits(data.choices, image_features, text_features, text_index)
     return choice_metrics(data.choices, hits, data.joint_type, blind_scorer)
 
-
-__all__ = ["evaluate", "embed_images", "drop_failed", "ChoiceItem", "GroupItem"]
