@@ -293,6 +293,9 @@ def test_bad_entries_and_images_are_counted_skips(tmp_path: Path) -> None:
     data = png(COLOURS["red"], size=64)
     (tmp_path / "val2017" / "truncated.png").write_bytes(data[: len(data) // 2])  # header fine, pixels not
     (tmp_path / "outside.png").write_bytes(png(COLOURS["red"]))
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "b1").write_bytes(png(COLOURS["blue"], size=64))
+    (tmp_path / "val2017" / "linked.png").symlink_to(tmp_path / "blobs" / "b1")  # a Hugging Face cache's layout
     good = {"caption": "a red square", "negative_caption": "a blue square"}
     entries = {
         "1": {"filename": "red.png", **good},
@@ -303,15 +306,17 @@ def test_bad_entries_and_images_are_counted_skips(tmp_path: Path) -> None:
         "6": {"filename": "../outside.png", **good},
         "7": {"filename": "red.png", "caption": "a red square"},
         "8": ["not", "an", "object"],
+        "9": {"filename": "linked.png", "caption": "a blue square", "negative_caption": "a red square"},
+        "10": {"filename": "/abs/red.png", **good},
     }
     (tmp_path / "replace_att.json").write_text(json.dumps(entries))
     read = read_compositional("sugarcrepe", str(tmp_path))
-    assert dict(read.skips.by_reason) == {"image_missing": 2, "image_unreadable": 1, "negatives_invalid": 1,
+    assert dict(read.skips.by_reason) == {"image_missing": 3, "image_unreadable": 1, "negatives_invalid": 1,
                                           "label_invalid": 1}
-    assert read.skips.delivered == 3
+    assert read.skips.delivered == 4
     results = _run_tone(_tone_task(format="sugarcrepe", data=str(tmp_path)))
     assert results == {"compositional/t/replace_att/acc": 1.0, "compositional/t/acc": 1.0,
-                       "compositional/t/skipped": 6.0}  # the truncated image is found when decoded
+                       "compositional/t/skipped": 7.0}  # the truncated image is found when decoded
     (tmp_path / "replace_att.json").write_text(json.dumps({"3": entries["3"]}))
     with pytest.raises(DataError, match="compositional/t: no usable sample .*image_missing 1"):
         _run_tone(_tone_task(format="sugarcrepe", data=str(tmp_path)))

@@ -14,6 +14,7 @@ image that breaks while its pixels decode is skipped (and counted) at embedding 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -123,8 +124,12 @@ class ImageTable:
 
 
 def image_under(root: Path, name: str) -> ImageRef:
-    """`root / name`, refused when the annotation's name leads outside `root` (an absolute path or ``..``)."""
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()):
+    """`root / name`, refused when the annotation's name leads outside `root` (an absolute path or ``..``).
+
+    Judged on the names, not on resolved paths: image folders made of symlinks (a Hugging Face cache snapshot
+    links every file to a blob elsewhere) stay readable."""
+    base = os.path.normpath(root)
+    path = os.path.normpath(os.path.join(base, name))
+    if os.path.isabs(name) or os.path.commonpath([base, path]) != base:
         raise SampleSkipped("image_missing", f"{name!r} lies outside the image folder {root}")
-    return ImageRef(path=str(path))
+    return ImageRef(path=path)
