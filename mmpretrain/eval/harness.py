@@ -6,11 +6,13 @@ tokenizer and, for audio, the model's audio settings, so the trainer and the CLI
 A task names its modalities: zero-shot classifies `modality` (image or audio) against text prompts; retrieval
 runs both ways `between` two modalities (image-text by default, or any two of image, text, audio), matching items
 of the same sample, or with `match_key` of the same label (class-level). How each modality is read and embedded
-is in eval/modalities.py.
+is in eval/modalities.py. A compositional task asks, per image, whether its caption beats minimally changed wrong
+ones (SugarCrepe, ARO, Winoground, or our shard layout: `format`), per negative type (eval/compositional/).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -26,6 +28,8 @@ from mmpretrain.audio.config import AudioConfig
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.skips import SkipLedger
 from mmpretrain.errors import ConfigError, DataError, require
+from mmpretrain.eval import compositional
+from mmpretrain.eval.compositional.readers import sugarcrepe_files
 from mmpretrain.eval.datasets import is_folder, load_retrieval, load_zeroshot
 from mmpretrain.eval.modalities import (MODALITIES, EvalInputs, ImageModality, ImageTransform, TextModality,
                                         modality)
@@ -55,8 +59,8 @@ class EvalTaskConfig:
     """One eval set. `name` is the dataset part of the metric keys."""
 
     name: str = ""                      # dataset name used in metric keys, e.g. "digits"
-    kind: Literal["zeroshot", "retrieval"] = "zeroshot"
-    data: str = ""                      # shard spec (dir/glob/brace) or image folder
+    kind: Literal["zeroshot", "retrieval", "compositional"] = "zeroshot"
+    data: str = ""                      # shard spec (dir/glob/brace) or image folder; compositional: see `format`
     label_key: str = "label"            # zero-shot: .json field, or member (e.g. "cls"), holding the label
     classnames: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)   # explicit templates, or
@@ -67,9 +71,16 @@ class EvalTaskConfig:
     # retrieval: a .json field (or member) holding a label; a hit is then any item of the same label (class-level,
     # keys <q>_to_<k>_class_R@k), and a sample may hold either modality or both
     match_key: Optional[str] = None
+    # compositional: the set's format (one of compositional.FORMATS), its image folder (not for shards; SugarCrepe
+    # defaults to <data>/val2017), and the types kept (SugarCrepe subsets, shard or order negative types; all)
+    format: Optional[str] = None
+    images: Optional[str] = None
+    subsets: list[str] = field(default_factory=list)
 
     def modalities(self) -> list[str]:
         """The towers the task needs: zero-shot its modality and text (the prompts), retrieval its two."""
+        if self.kind == "compositional":
+            return ["image", "text"]
         return [self.modality, "text"] if self.kind == "zeroshot" else list(self.between)
 
     def validate(self, label: Optional[str] = None) -> None:
@@ -77,12 +88,21 @@ class EvalTaskConfig:
         label = label or f"eval task {self.name!r}"
         if not self.name:
             raise ConfigError(f"{label}: name is empty (it is used in the metric keys)")
-        if self.kind not in ("zeroshot", "retrieval"):
-            raise ConfigError(f"{label}: kind must be 'zeroshot' or 'retrieval', got {self.kind!r}")
+        if self.kind not in ("zeroshot", "retrieval", "compositional"):
+            raise ConfigError(f"{label}: kind must be 'zeroshot', 'retrieval' or 'compositional', got {self.kind!r}")
         if not self.data:
             raise ConfigError(f"{label}: data is empty (give a shard spec or a folder)")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"{label}: max_samples must be >= 1 or null (all), got {self.max_samples}")
+        if self.kind == "compositional":
+            self._validate_compositional(label)
+            return
+        compositional_keys = [k for k in ("format", "images") if getattr(self, k) is not None]
+        compositional_keys += ["subsets"] if self.subsets else []
+        if compositional_keys:
+            verb = "is" if len(compositional_keys) == 1 else "are"
+            raise ConfigError(f"{label}: {', '.join(compositional_keys)} {verb} for compositional tasks "
+                              f"(kind: compositional)")
         if self.kind == "retrieval":
             self._validate_retrieval(label)
             return
@@ -102,6 +122,28 @@ class EvalTaskConfig:
             raise ConfigError(f"{label}: zero-shot needs templates or a template_set")
         if not self.classnames and not is_folder(self.data):
             raise ConfigError(f"{label}: zero-shot on shards needs classnames")
+
+    def _validate_compositional(self, label: str) -> None:
+        formats = compositional.FORMATS
+        if self.format not in formats:
+            raise ConfigError(f"{label}: a compositional task needs format, one of {', '.join(formats)}; "
+                              f"got {self.format!r}")
+        others = {"classnames": bool(self.classnames), "templates": bool(self.templates),
+                  "template_set": self.template_set is not None, "match_key": self.match_key is not None,
+                  "between": list(self.between) != list(DEFAULT_BETWEEN), "modality": self.modality != "image"}
+        if any(others.values()):
+            raise ConfigError(f"{label}: {', '.join(k for k, v in others.items() if v)} is not a compositional "
+                              f"task's key (it scores images against captions: format, data, images, subsets)")
+        if self.format not in ("sugarcrepe", "shards") and not self.images:
+            raise ConfigError(f"{label}: format {self.format} needs images, the folder its annotations name "
+                              f"images in")
+        if self.format == "shards" and self.images:
+            raise ConfigError(f"{label}: format shards reads its images from the shards; images must be unset")
+        if self.subsets and self.format in ("aro-relation", "aro-attribution", "winoground"):
+            raise ConfigError(f"{label}: subsets is for formats sugarcrepe, shards, coco-order and flickr-order "
+                              f"(format {self.format} has fixed types)")
+        if any(not isinstance(s, str) or not s.strip() or "/" in s for s in self.subsets):
+            raise ConfigError(f"{label}: subsets must be type names (no empty ones, no '/'), got {self.subsets}")
 
     def _validate_retrieval(self, label: str) -> None:
         between = list(self.between)
@@ -148,8 +190,8 @@ def check_task_modalities(config: EvalConfig, towers: Sequence[str]) -> None:
     for index, task in enumerate(config.tasks):
         missing = [m for m in task.modalities() if m not in towers]
         if missing:
-            what = f"zero-shot {task.modality}" if task.kind == "zeroshot" else f"retrieval between " \
-                f"{' and '.join(task.between)}"
+            what = {"zeroshot": f"zero-shot {task.modality}", "compositional": "compositional (image-text)"}.get(
+                task.kind, f"retrieval between {' and '.join(task.between)}")
             raise ConfigError(f"eval task {index} ({task.name!r}): {what} needs the {' and '.join(missing)} "
                               f"tower, which the model lacks (model.towers = {list(towers)})")
 
@@ -160,11 +202,42 @@ def check_task_data(config: EvalConfig, towers: Optional[Sequence[str]] = None) 
     if towers is not None:
         check_task_modalities(config, towers)
     for task in config.tasks:
-        if not is_folder(task.data):
+        if task.kind == "compositional":
+            check_compositional_data(task)
+        elif not is_folder(task.data):
             try:
                 expand_shards(task.data)
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"eval task {task.name!r}: {err}") from None
+
+
+def check_compositional_data(task: EvalTaskConfig) -> None:
+    """A compositional task's annotation file(s) and image folder exist (FileNotFoundError naming the task)."""
+    def missing(what: str, path: str) -> FileNotFoundError:
+        return FileNotFoundError(f"eval task {task.name!r}: {what} {path} does not exist")
+
+    if task.format == "shards":
+        try:
+            expand_shards(task.data)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"eval task {task.name!r}: {err}") from None
+        return
+    if not Path(task.data).exists():
+        raise missing("data", task.data)
+    if task.format == "sugarcrepe":
+        try:
+            files = sugarcrepe_files(task.data, task.subsets)
+        except DataError as err:
+            raise FileNotFoundError(f"eval task {task.name!r}: {err}") from None
+        for file in files:
+            if not file.is_file():
+                raise missing("SugarCrepe subset file", str(file))
+        data_dir = Path(task.data) if Path(task.data).is_dir() else Path(task.data).parent
+        images = task.images or str(data_dir / "val2017")
+    else:
+        images = task.images or ""
+    if not Path(images).is_dir():
+        raise missing("image folder", images)
 
 
 def encode_images(model: EvalModel, images: Sequence[Any], transform: ImageTransform, batch_size: int,
@@ -235,9 +308,23 @@ def _run_retrieval(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, b
     return {**metrics, "skipped": skipped}
 
 
+def _run_compositional(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, batch_size: int,
+                       device: str | torch.device, progress: bool,
+                       blind_scorer: Optional[compositional.BlindScorer] = None) -> dict[str, float]:
+    assert task.format is not None  # validated
+    data = compositional.read_compositional(task.format, task.data, task.images, task.subsets, task.max_samples)
+    images, texts = modality("image", inputs), modality("text", inputs)
+    metrics = compositional.evaluate(model, data, images, texts, batch_size, device,  # type: ignore[arg-type]
+                                     task.data, blind_scorer if task.format != "winoground" else None, progress,
+                                     task.name)
+    skipped = _count_skips(task, data.skips)
+    return {**metrics, "skipped": skipped}
+
+
 def run_eval(model: EvalModel, image_transform: Optional[ImageTransform], tokenizer: Optional[Tokenizer],
              config: EvalConfig, device: str | torch.device = "cpu", progress: bool = True,
-             failures: Optional[dict[str, str]] = None, audio: Optional[AudioConfig] = None) -> dict[str, float]:
+             failures: Optional[dict[str, str]] = None, audio: Optional[AudioConfig] = None,
+             blind_scorer: Optional[compositional.BlindScorer] = None) -> dict[str, float]:
     """Run every task and return the flat metric dict, e.g. ``{"zeroshot/digits/top1": 0.93, ...}``.
 
     `audio` is the model's audio settings (``model.audio``), needed by tasks that read audio. Before any data is
@@ -250,6 +337,11 @@ def run_eval(model: EvalModel, image_transform: Optional[ImageTransform], tokeni
     With `failures` (a dict to fill), a task that raises while loading or scoring is recorded instead: its
     ``<kind>/<name>/failed`` is 1, `failures["<kind>/<name>"]` holds the error in one line (for the caller to
     report), and the other tasks still run.
+
+    A compositional task reports ``compositional/<name>/<type>/acc`` per negative type and ``.../acc`` (the mean
+    over types; Winoground: text, image and group, and acc the group score). With `blind_scorer`
+    (``(positive, negative) -> bool``, True when it picks the positive from the captions alone), each choice set
+    also reports ``<type>/blind_acc`` and ``blind_acc``: what a text-only model gets there.
 
     The model runs in eval mode without gradients and gets its previous train/eval mode back afterwards.
     """
@@ -264,7 +356,9 @@ def run_eval(model: EvalModel, image_transform: Optional[ImageTransform], tokeni
                 modality(name, inputs)
             except ConfigError as err:
                 raise ConfigError(f"eval task {index} ({task.name!r}): {err}") from None
-    runners: dict[str, Callable[..., dict[str, float]]] = {"zeroshot": _run_zeroshot, "retrieval": _run_retrieval}
+    runners: dict[str, Callable[..., dict[str, float]]] = {
+        "zeroshot": _run_zeroshot, "retrieval": _run_retrieval,
+        "compositional": functools.partial(_run_compositional, blind_scorer=blind_scorer)}
     results: dict[str, float] = {}
     was_training = model.training
     model.train(False)
