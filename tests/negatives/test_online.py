@@ -105,7 +105,7 @@ def test_each_pass_draws_new_negatives_for_a_sample_and_a_rebuilt_stream_the_sam
 def _run(shards, tmp_path, name, steps, *extra):
     overrides = micro_overrides(shards, tmp_path / "runs", steps=steps) + [
         "eval.tasks=[]", "train.log_every=1", "data.batch_size=3", "data.shuffle_buffer=5",
-        "optim.min_lr_ratio=1.0", "train.keep_checkpoints=100", f"run_name={name}",
+        "optim.min_lr_ratio=1.0", "train.keep_checkpoints=100", f"run_name={name}", "data.num_workers=2",
         "data.negatives_per_sample=2", "data.online_negatives.types=[replace_attribute,negate,replace_object]",
         "data.online_negatives.mix={replace_attribute: 2}", *extra]
     return load_config("configs/demo.yaml", overrides)
