@@ -75,6 +75,7 @@ class ShardRecord:
 
     samples: int = 0
     bytes: int = 0
+    source_bytes: int = 0  # the input shard's size: an input changed since is written again
     report: NegativeReport = field(default_factory=NegativeReport)
     blind: dict[str, BlindResult] = field(default_factory=lambda: defaultdict(BlindResult))
     filtered: Counter = field(default_factory=Counter)
@@ -85,7 +86,7 @@ class ShardRecord:
     failures: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"samples": self.samples, "bytes": self.bytes, "report": self.report.to_json(),
+        return {"samples": self.samples, "bytes": self.bytes, "source_bytes": self.source_bytes, "report": self.report.to_json(),
                 "blind": {t: asdict(b) for t, b in self.blind.items()}, "filtered": dict(self.filtered),
                 "written": dict(self.written), "histogram": {str(k): v for k, v in sorted(self.histogram.items())},
                 "no_captions": self.no_captions, "dropped_oversized": self.dropped_oversized,
@@ -168,6 +169,7 @@ def _write_shard(shard: str, partial: Path, expected: Optional[int], options: Wr
         f.flush()
         os.fsync(f.fileno())
     record.bytes = partial.stat().st_size
+    record.source_bytes = os.path.getsize(shard)
     return record
 
 
@@ -177,13 +179,15 @@ def _atomic_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def _finished(out: Path, progress_dir: Path, name: str) -> Optional[dict[str, Any]]:
-    """The shard's record if the shard on disk is the one it describes, else None (to be written again)."""
+def _finished(out: Path, progress_dir: Path, name: str, source: str) -> Optional[dict[str, Any]]:
+    """The shard's record if the shard on disk is the one it describes and its input has not changed size since,
+    else None (to be written again)."""
     marker, shard = progress_dir / f"{name}.json", out / name
     if not (marker.is_file() and shard.is_file()):
         return None
     record = json.loads(marker.read_text(encoding="utf-8"))
-    return record if record.get("bytes") == shard.stat().st_size else None
+    same = record.get("bytes") == shard.stat().st_size and record.get("source_bytes") == os.path.getsize(source)
+    return record if same else None
 
 
 def _check_options(progress_dir: Path, options: WriteOptions) -> None:
@@ -259,7 +263,7 @@ def write_negative_shards(source: str, out_dir: str | Path, options: WriteOption
     progress_dir.mkdir(parents=True, exist_ok=True)
     _check_options(progress_dir, options)
     sizes = read_shard_sizes(shards) or {}
-    records = {name: _finished(out, progress_dir, name) for name in names}
+    records = {name: _finished(out, progress_dir, name, shard) for shard, name in zip(shards, names)}
     todo = [(shard, name) for shard, name in zip(shards, names) if records[name] is None]
     if todo:
         blind = Blind(shards, options, progress)

@@ -93,6 +93,12 @@ def test_an_interrupted_run_resumes_to_the_bytes_of_an_uninterrupted_one(source,
 
     write_negative_shards(str(source), out, OPTIONS, progress=False)  # all done: nothing changes
     assert files(out) == files(tmp_path / "whole")
+    write_colour_shards(tmp_path / "more", n_shards=1, per_shard=7)  # an input shard replaced by a bigger one
+    (source / "shard-000002.tar").write_bytes((tmp_path / "more" / "shard-000000.tar").read_bytes())
+    write_negative_shards(str(source), out, OPTIONS, progress=False)
+    with tarfile.open(out / "shard-000002.tar") as tar:
+        assert sum(name.endswith(".neg.json") for name in tar.getnames()) == 7
+    assert json.loads((out / "sizes.json").read_text())["shard-000002.tar"] == 7
 
 
 def test_resuming_with_other_options_is_refused(source, tmp_path):
