@@ -148,6 +148,9 @@ def _captions(env: StageEnv) -> Stage:
 @register_stage("negatives")
 def _negatives(env: StageEnv) -> Stage:
     """Hard-negative captions from `<key>.neg.json`; required, since every batch row needs its k negatives."""
+    if env.data.online_negatives.enabled:  # neg.json is then not declared, so every sample would lack it
+        raise ConfigError("data.stages names 'negatives' (read neg.json) but data.online_negatives.types is set: "
+                          "name 'generated_negatives' instead")
     def stage(sample: Sample, context: SampleContext) -> Sample:
         key = str(sample.get("__key__", "?"))
         negatives = decode_negatives(sample["neg.json"], key) if sample.get("neg.json") is not None else []

@@ -62,6 +62,10 @@ def test_config_picks_the_generating_stage_and_does_not_read_neg_json():
     loaded = load_config(None, ["data.negatives_per_sample=3", "data.online_negatives.types=[negate,count]",
                                 "data.online_negatives.mix={negate: 2}"])
     assert loaded.data.online_negatives.weights() == {"negate": 2.0, "count": 1.0}
+    mixed = DataConfig(negatives_per_sample=1, online_negatives=OnlineNegativesConfig(types=["negate"]),
+                       stages=["captions", "negatives"])
+    with pytest.raises(ConfigError, match="name 'generated_negatives' instead"):
+        build_stages(StageEnv(mixed, pixel_id, no_tokens))
 
 
 def test_a_sample_no_type_applies_to_is_a_counted_skip():
