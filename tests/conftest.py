@@ -128,9 +128,9 @@ def batch_ids(loader, batches: int) -> list[int]:
     return [i for _ in range(batches) for i in loader.next_batch()["image"].view(-1).tolist()]
 
 
-def write_id_shards(folder: Path, first_id: int, counts: list[int], sizes: bool = True) -> int:
+def write_id_shards(folder: Path, first_id: int, counts: list[int], sizes: bool = True, caption: str = "x") -> int:
     """Shards of 2x2 PNGs whose pixel encodes a sample id (first_id, first_id + 1, ...), `counts[i]` samples in
-    shard i; returns the next unused id. Use with `config.limits.min_side = 1`."""
+    shard i, each captioned `caption`; returns the next unused id. Use with `config.limits.min_side = 1`."""
     folder.mkdir(parents=True, exist_ok=True)
     i, sizes_json = first_id, {}
     for s, count in enumerate(counts):
@@ -139,7 +139,7 @@ def write_id_shards(folder: Path, first_id: int, counts: list[int], sizes: bool 
             for _ in range(count):
                 png = io.BytesIO()
                 Image.new("RGB", (2, 2), (i // 256, i % 256, 0)).save(png, format="PNG")
-                sink.write({"__key__": f"{i:09d}", "png": png.getvalue(), "txt": "x"})
+                sink.write({"__key__": f"{i:09d}", "png": png.getvalue(), "txt": caption})
                 i += 1
         sizes_json[name] = count
     if sizes:

@@ -11,6 +11,7 @@ from mmpretrain.data.augment import AugmentConfig
 from mmpretrain.data.skips import SampleLimits
 from mmpretrain.data.sources import SourceConfig, named_sources
 from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS
+from mmpretrain.data.online_negatives import OnlineNegativesConfig
 from mmpretrain.errors import ConfigError, require
 
 
@@ -24,7 +25,9 @@ class DataConfig:
     num_workers: int = 2                             # DataLoader worker processes per rank
     shuffle_buffer: int = 2000                       # samples held for shuffling, per worker and source
     positives_per_sample: int = 1                    # >1: that many captions per sample, all positives
-    negatives_per_sample: int = 0                    # >0: hard-negative captions per sample from .neg.json
+    negatives_per_sample: int = 0                    # >0: hard-negative captions per sample (k), from .neg.json
+    #                                                  or, when online_negatives.types is set, generated
+    online_negatives: OnlineNegativesConfig = field(default_factory=OnlineNegativesConfig)
     resampled: bool = False                          # draw shards with replacement forever, per reader (no epochs)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     limits: SampleLimits = field(default_factory=SampleLimits)
@@ -49,6 +52,7 @@ class DataConfig:
             raise ConfigError(f"data.max_skip_fraction must be in [0, 1], got {self.max_skip_fraction}")
         if self.skip_window < 1:
             raise ConfigError(f"data.skip_window must be >= 1, got {self.skip_window}")
+        self.online_negatives.validate(self.negatives_per_sample)
         self.augment.validate()
         self.limits.validate()
         named_sources(self.train, self.sources, self.allow_shell_urls)
@@ -62,5 +66,6 @@ MODALITY_MEMBERS = {"image": IMAGE_EXTENSIONS, "text": TEXT_EXTENSIONS, "audio":
 
 def declared_members(config: DataConfig, modalities: Sequence[str] = ("image", "text")) -> frozenset[str]:
     """The only members of a sample that are kept and decoded in training: those of the model's modalities."""
-    extra = ("neg.json",) if config.negatives_per_sample > 0 else ()
+    reads_negatives = config.negatives_per_sample > 0 and not config.online_negatives.enabled
+    extra = ("neg.json",) if reads_negatives else ()
     return frozenset(ext for m in modalities for ext in MODALITY_MEMBERS[m]) | frozenset(extra)

@@ -6,6 +6,9 @@ with `open()`, and any URL is refused unless `data.allow_shell_urls` says otherw
 members a sample needs are read (a `.pth` or `.pyd` member is passed over unread, never decoded or unpickled),
 none over a size cap, and a shard that cannot be opened or breaks partway becomes a `ShardFailure` in the stream
 instead of an exception, so the samples it did hold are used and the loss is counted.
+
+A tool that copies samples whole (`mmpretrain negatives write` adds a member to each) passes `EVERY_MEMBER`:
+every member is then read as bytes, still under the size cap, and still never decoded here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,22 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 DEFAULT_MAX_MEMBER_BYTES = SampleLimits().max_member_bytes
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's own metadata members (`__index__`...), never samples
+
+
+class _EveryMember(Collection[str]):
+    """A `members` argument that contains every extension: for copying samples whole, as bytes."""
+
+    def __contains__(self, extension: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+EVERY_MEMBER: Collection[str] = _EveryMember()
 
 
 @dataclass(frozen=True)

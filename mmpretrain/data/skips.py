@@ -30,6 +30,7 @@ SKIP_REASONS = (
     "caption_empty",      # .txt holds only whitespace
     "caption_not_utf8",   # .txt is not UTF-8
     "negatives_invalid",  # .neg.json missing (when negatives are asked for), not JSON, or not a list of strings
+    "negatives_unavailable",  # online negatives: no configured type applies to the sample's captions
     "label_invalid",      # evaluation only: no label, an unreadable one, or not one of the task's classes
     "shard_unreadable",   # the shard cannot be opened or is not a tar: all its samples are lost
     "shard_truncated",    # the tar breaks partway (truncated member, bad header): the rest of it is lost

@@ -28,6 +28,7 @@ from mmpretrain.audio.decode import AUDIO_EXTENSIONS, load_clip, to_transport
 from mmpretrain.data.config import DataConfig
 from mmpretrain.data.decode import (IMAGE_EXTENSIONS, TEXT_EXTENSIONS, choose, decode_captions,
                                     decode_negatives, load_rgb, open_image)
+from mmpretrain.data.online_negatives import OnlineNegatives
 from mmpretrain.data.skips import SampleSkipped
 from mmpretrain.errors import ConfigError
 from mmpretrain.models.towers import ImageTransform, Tokenizer
@@ -73,12 +74,14 @@ def registered_stages() -> list[str]:
 
 
 def default_stage_names(config: DataConfig, modalities: Sequence[str] = ("image", "text")) -> list[str]:
-    """The stages of the model's modalities, with hard negatives when the config asks for them. The image-text
+    """The stages of the model's modalities, with hard negatives when the config asks for them (read from
+    neg.json, or generated when data.online_negatives names types). The image-text
     order is the one every earlier run drew its random numbers in; audio comes after it, so adding a modality
     leaves the others' draws as they were."""
     image, text, negatives = "image" in modalities, "text" in modalities, config.negatives_per_sample > 0
+    source = "generated_negatives" if config.online_negatives.enabled else "negatives"
     names = ["member_sizes", *(["image_header"] if image else []), *(["captions"] if text else []),
-             *(["negatives"] if text and negatives else []), *(["caption_tokens"] if text else []),
+             *([source] if text and negatives else []), *(["caption_tokens"] if text else []),
              *(["image_pixels"] if image else []), *(["negative_tokens"] if text and negatives else [])]
     return names + (["audio"] if "audio" in modalities else [])
 
@@ -145,6 +148,9 @@ def _captions(env: StageEnv) -> Stage:
 @register_stage("negatives")
 def _negatives(env: StageEnv) -> Stage:
     """Hard-negative captions from `<key>.neg.json`; required, since every batch row needs its k negatives."""
+    if env.data.online_negatives.enabled:  # neg.json is then not declared, so every sample would lack it
+        raise ConfigError("data.stages names 'negatives' (read neg.json) but data.online_negatives.types is set: "
+                          "name 'generated_negatives' instead")
     def stage(sample: Sample, context: SampleContext) -> Sample:
         key = str(sample.get("__key__", "?"))
         negatives = decode_negatives(sample["neg.json"], key) if sample.get("neg.json") is not None else []
@@ -154,6 +160,28 @@ def _negatives(env: StageEnv) -> Stage:
         if not negatives:
             raise SampleSkipped("negatives_invalid", f"sample {key!r} has no hard negatives (<key>.neg.json) "
                                 f"but data.negatives_per_sample={env.data.negatives_per_sample}")
+        return {**sample, "negatives": negatives}
+    return stage
+
+
+@register_stage("generated_negatives")
+def _generated_negatives(env: StageEnv) -> Stage:
+    """`negatives` generated from the sample's captions (data/online_negatives.py), seeded by the sample's seed:
+    new ones each pass, the same ones at resume. A sample no configured type applies to is skipped, counted as
+    `negatives_unavailable`: padding with other samples' captions could hand it a true caption as a negative."""
+    if not env.data.online_negatives.enabled:
+        raise ConfigError("data.stages names 'generated_negatives' but data.online_negatives.types is empty")
+    generate = OnlineNegatives(env.data.online_negatives, env.data.negatives_per_sample)
+
+    def stage(sample: Sample, context: SampleContext) -> Sample:
+        text_mask = sample.get("text_mask")
+        if text_mask is not None and not bool(text_mask):
+            return {**sample, "negatives": [""]}  # no caption, so no pair uses its negatives: placeholders
+        key = str(sample.get("__key__", "?"))
+        negatives = generate(sample["captions"], key, context.seed)
+        if not negatives:
+            raise SampleSkipped("negatives_unavailable", f"sample {key!r}: none of data.online_negatives.types "
+                                f"{env.data.online_negatives.types} applies to its captions")
         return {**sample, "negatives": negatives}
     return stage
 
