@@ -66,6 +66,9 @@ def _parse_write_args(argv: list[str]) -> argparse.Namespace:
                         help="keep this many negatives per sample, their types drawn by --mix (default: keep all)")
     parser.add_argument("--mix", default="", help="type=weight,... for --per-sample (a type left out weighs 1)")
     parser.add_argument("--replace", action="store_true", help="inputs that already have neg.json: replace it")
+    parser.add_argument("--compositional", action="store_true",
+                        help="write a compositional test set (kind: compositional, format: shards): negatives of the "
+                             "first caption, typed; use types held out from training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -111,7 +114,7 @@ def write_main(argv: list[str]) -> int:
         options = WriteOptions(types=tuple(types), per_caption=args.per_caption, seed=args.seed,
                                filter_margin=args.filter_margin, in_vocabulary=args.in_vocabulary,
                                folds=args.folds, per_sample=args.per_sample, mix=_mix(args.mix, types),
-                               replace=args.replace)
+                               replace=args.replace, compositional=args.compositional)
         summary = write_negative_shards(args.source, args.out_dir, options, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
         print(f"mmpretrain negatives write: error: {error}", file=sys.stderr)

@@ -61,6 +61,10 @@ class WriteOptions:
     per_sample: Optional[int] = None  # keep this many per sample, their types drawn by `mix`; None: keep all
     mix: Mapping[str, float] = field(default_factory=dict)  # type -> weight (a type left out weighs 1)
     replace: bool = False  # an input that already has neg.json: replace it (else refused)
+    # A compositional test set (`kind: compositional, format: shards`) rather than training data: negatives of the
+    # first caption only (the positive the evaluation compares them with), written as typed {"text", "type"}
+    # objects in neg.json, which training refuses: an evaluation set is not trained on by mistake.
+    compositional: bool = False
 
     def weights(self) -> dict[str, float]:
         return {t: float(self.mix.get(t, 1.0)) for t in self.types}
@@ -157,10 +161,16 @@ def _write_shard(shard: str, partial: Path, expected: Optional[int], options: Wr
             if any(m in item for m in NEGATIVE_MEMBERS) and not options.replace:
                 raise ValueError(f"{shard}: sample {key!r} already has a neg.json/negtypes.json member; pass "
                                  "--replace to write new ones instead")
-            negatives = sample_negatives(key, _captions(item), options, blind, record)
+            captions = _captions(item)
+            negatives = sample_negatives(key, captions[:1] if options.compositional else captions, options, blind,
+                                         record)
             members = {k: v for k, v in item.items() if not k.startswith("__") and k not in NEGATIVE_MEMBERS}
-            members["neg.json"] = json.dumps([n.text for n in negatives], ensure_ascii=False).encode("utf-8")
-            members["negtypes.json"] = json.dumps([n.type for n in negatives]).encode("utf-8")
+            if options.compositional:
+                typed = [{"text": n.text, "type": n.type} for n in negatives]
+                members["neg.json"] = json.dumps(typed, ensure_ascii=False).encode("utf-8")
+            else:
+                members["neg.json"] = json.dumps([n.text for n in negatives], ensure_ascii=False).encode("utf-8")
+                members["negtypes.json"] = json.dumps([n.type for n in negatives]).encode("utf-8")
             sink.write({"__key__": key, **members})
             record.samples += 1
             record.written.update(n.type for n in negatives)

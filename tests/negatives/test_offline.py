@@ -134,3 +134,23 @@ def test_training_reads_the_written_shards_as_hard_negatives(source, tmp_path):
     assert logged and all(r["loss"] == r["loss"] for r in logged)
     assert not any(k.startswith("data/skipped/") and v for r in logged for k, v in r.items())
     assert (tmp_path / "out" / PROGRESS_DIR).is_dir()
+
+
+def test_the_compositional_builder_writes_a_set_the_compositional_reader_takes(source, tmp_path):
+    """`--compositional`: negatives of each sample's first caption, typed; `format: shards` reads them with their
+    types and that caption as the positive, and training refuses the set (it is for evaluation)."""
+    from mmpretrain.eval.compositional.readers import read_shards
+
+    options = WriteOptions(types=("replace_attribute", "negate"), per_caption=1, seed=0, compositional=True)
+    write_negative_shards(str(source), tmp_path / "set", options, progress=False)
+    data = read_shards(str(tmp_path / "set"))
+    assert len(data.choices) == 20
+    for item in data.choices:
+        assert item.positive.startswith("a ") and item.positive.endswith(" square")  # the colour caption
+        assert {kind for _, kind in item.negatives} == {"replace_attribute", "negate"}
+        assert all(text != item.positive for text, _ in item.negatives)
+    only = read_shards(str(tmp_path / "set"), types=["negate"])
+    assert all({kind for _, kind in item.negatives} == {"negate"} for item in only.choices)
+    argv = ["train", "demo", *micro_overrides(tmp_path / "set", tmp_path / "runs", steps=2), "eval.tasks=[]",
+            "data.negatives_per_sample=1"]
+    assert mmpretrain_main(argv) == 3  # every sample's neg.json is typed: negatives_invalid, nothing to train on
