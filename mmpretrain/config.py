@@ -138,7 +138,15 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
         if "[" in override.split("=", 1)[0]:  # data.sources[1].weight=0.5: an item of a list, set in place
             merged = _update(merged, override)
         else:
-            merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
+            try:
+                parsed = OmegaConf.from_dotlist([override])
+            except yaml.YAMLError as e:  # the value is YAML: say where it breaks, in one line
+                mark = getattr(e, "problem_mark", None)
+                where = f" at column {mark.column + 1}" if mark is not None else ""
+                problem = getattr(e, "problem", None) or type(e).__name__
+                raise ConfigError(f"override {override!r}: not valid YAML{where} ({problem}; quote values "
+                                  "holding ':', '{' or '${...}')") from None
+            merged = _merge(merged, parsed, f"override {override!r}")
     try:
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

@@ -146,3 +146,9 @@ def test_every_section_validates_itself():
     sections = [getattr(config, f.name) for f in fields(config) if is_dataclass(getattr(config, f.name))]
     assert len(sections) == 8 and all(callable(getattr(s, "validate", None)) for s in sections)
     config.validate()
+
+
+def test_an_override_that_is_not_yaml_is_one_line():
+    with pytest.raises(ConfigError, match=r"override .*: not valid YAML at column \d+") as error:
+        load_config(None, ["eval.tasks=[{name: d, data: ${data_root}/x}]"])
+    assert "\n" not in str(error.value)
