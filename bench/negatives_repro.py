@@ -40,8 +40,11 @@ def build_sets(data_root: Path, out: Path) -> Path:
     return comp
 
 
-def run(name: str, seed: int, steps: int, out: Path, comp: Path, data_root: Path, negatives: list[str]) -> dict:
+def run(name: str, seed: int, steps: int, out: Path, comp: Path, data_root: Path, negatives: list[str],
+        reuse: bool = False) -> dict:
     run_dir = out / "runs" / name
+    if reuse and (run_dir / "results.json").is_file():  # a run is deterministic per seed and settings
+        return {k: v for k, v in json.loads((run_dir / "results.json").read_text()).items() if isinstance(v, float)}
     tasks = ("eval.tasks=[{name: digits, kind: zeroshot, data: %(root)s/digits_val, label_key: label, classnames: "
              "[zero, one, two, three, four, five, six, seven, eight, nine], template_set: digits}, "
              "{name: shapes-colour, kind: zeroshot, data: %(root)s/shapes_single_val, label_key: colour, "
@@ -79,6 +82,9 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=3, help="hard negatives per sample in the negatives runs")
     parser.add_argument("--types", default="swap_attributes,replace_attribute,swap_relation,replace_object",
                         help="generator types used in training")
+    parser.add_argument("--mix", default="", help="type weights for the negatives runs, e.g. swap_attributes=4")
+    parser.add_argument("--label", default="with", help="name of the negatives condition (its run directories)")
+    parser.add_argument("--reuse", action="store_true", help="take finished runs' results.json instead of rerunning")
     parser.add_argument("--data-root", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "negatives-repro")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "negatives_repro.json")
@@ -86,14 +92,19 @@ def main() -> int:
 
     comp = build_sets(args.data_root, args.work)
     negatives = [f"data.negatives_per_sample={args.k}", f"data.online_negatives.types=[{args.types}]"]
-    rows: dict[str, list[dict]] = {"without": [], "with": []}
+    if args.mix:
+        weights = ", ".join(f"{t}: {w}" for t, w in (item.split("=") for item in args.mix.split(",")))
+        negatives.append(f"data.online_negatives.mix={{{weights}}}")
+    rows: dict[str, list[dict]] = {"without": [], args.label: []}
     for seed in args.seeds:
-        rows["without"].append(run(f"without-s{seed}", seed, args.steps, args.work, comp, args.data_root, []))
-        rows["with"].append(run(f"with-s{seed}", seed, args.steps, args.work, comp, args.data_root, negatives))
+        rows["without"].append(run(f"without-s{seed}", seed, args.steps, args.work, comp, args.data_root, [],
+                                   args.reuse))
+        rows[args.label].append(run(f"{args.label}-s{seed}", seed, args.steps, args.work, comp, args.data_root,
+                                    negatives, args.reuse))
     table = summarise(rows)
-    print(f"{'metric':44s} {'without':>16s} {'with':>16s} {'delta':>8s}")
+    print(f"{'metric':44s} {'without':>16s} {args.label:>16s} {'delta':>8s}")
     for key in table["without"]:
-        (a, sa), (b, sb) = table["without"][key], table["with"][key]
+        (a, sa), (b, sb) = table["without"][key], table[args.label][key]
         print(f"{key:44s} {a:9.3f} ± {sa:.3f} {b:9.3f} ± {sb:.3f} {b - a:+8.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows,
