@@ -1,6 +1,5 @@
 """Errors that used to bury their cause: each is now one line naming the cause and the file or key."""
 
-import json
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from mmpretrain.cli import main
 from mmpretrain.data.config import DataConfig
 from mmpretrain.data.shards import read_shard_sizes
 from mmpretrain.engine.local import load_model_state, resolve_device
-from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.errors import ConfigError
 from mmpretrain.models import ModelConfig, build_model
 from tests.conftest import id_loader, micro_overrides, write_id_shards
 

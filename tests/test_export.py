@@ -165,7 +165,7 @@ def test_export_refuses_a_corrupt_newest_checkpoint_and_takes_the_newest_intact_
     exported = open_clip.create_model("local-dir:" + str(out))
     intact = torch.load(checkpoints[-2], weights_only=True)["engine"]["model"]["logit_scale"]
     assert torch.equal(exported.logit_scale.detach().reshape(-1), intact.reshape(-1))  # the step before, not a fresh init
-    assert f"skipped incomplete checkpoint(s)" in caplog.text and checkpoints[-1].name in caplog.text
+    assert "skipped incomplete checkpoint(s)" in caplog.text and checkpoints[-1].name in caplog.text
 
 
 def test_export_fails_loudly_on_unmatched_keys(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from PIL import Image
 import mmpretrain.data.demo_data as demo_data
 from mmpretrain.data.demo_audio import (CLIP_SECONDS, COLOUR_PITCH_HZ, SAMPLE_RATE, SHAPE_TIMBRE, SIZE_BEEP_SECONDS,
                                         audio_rng, digit_flac, dtmf, encode_flac, scene_flac, scene_tones)
-from mmpretrain.data.demo_data import COLOURS, SHAPES, SIZES, ShapeObject, generate_demo_data, sample_scene
+from mmpretrain.data.demo_data import COLOURS, SHAPES, SIZES, ShapeObject, sample_scene
 
 N = round(CLIP_SECONDS * SAMPLE_RATE)
 # The DTMF keypad (ITU-T Q.23), laid out independently of the module's table: rows low, columns high.
