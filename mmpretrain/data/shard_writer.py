@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
-from mmpretrain.data.shards import SIZES_FILE
+from mmpretrain.data.shards import update_sizes
 
 # A fixed member mtime makes a shard's bytes depend only on its samples, so the same input writes identical tars.
 _TAR_MTIME = 1_700_000_000  # an int: a float mtime makes tarfile add a 1 KiB pax header per member
@@ -93,7 +92,7 @@ class ShardWriter:
         if self._tar is not None:
             self._tar.close()
             self._tar = None
-        self._write_sizes()
+        update_sizes(self.out_dir, {path.name: count for path, count in zip(self.shards, self.counts)})
 
     def _check_key(self, key: str) -> None:
         # webdataset splits a member name at the first dot after the last slash, so a dot or slash in the key
@@ -112,18 +111,3 @@ class ShardWriter:
         self._tar = wds.TarWriter(str(path), encoder=False, mtime=_TAR_MTIME)
         self.shards.append(path)
         self.counts.append(0)
-
-    def _write_sizes(self) -> None:
-        # Keep the entries of other shard sets sharing this folder (another prefix), as long as their tar exists;
-        # read_sizes needs a count for every shard in the folder.
-        sizes_path = self.out_dir / SIZES_FILE
-        sizes: dict[str, int] = {}
-        if sizes_path.exists():
-            with open(sizes_path) as f:
-                old = json.load(f)
-            sizes = {name: int(n) for name, n in old.items() if (self.out_dir / name).exists()}
-        sizes.update({path.name: count for path, count in zip(self.shards, self.counts)})
-        tmp = sizes_path.with_suffix(".json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(dict(sorted(sizes.items())), f, indent=1)
-        os.replace(tmp, sizes_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,21 @@ def read_shard_sizes(shards: Iterable[str]) -> dict[str, int] | None:
             return None
         sizes[shard] = int(count)
     return sizes
+
+
+def update_sizes(folder: Path, counts: Mapping[str, int]) -> None:
+    """Record `counts` (shard file name -> samples) in `folder`'s sizes.json, atomically. Entries of other shards
+    in the folder (another prefix, another writer) are kept as long as their tar exists: `read_shard_sizes` needs a
+    count for every shard it is given."""
+    path = folder / SIZES_FILE
+    sizes: dict[str, int] = {}
+    if path.exists():
+        old = json.loads(path.read_text())
+        sizes = {name: int(n) for name, n in old.items() if (folder / name).exists()}
+    sizes.update({name: int(n) for name, n in counts.items()})
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(sorted(sizes.items())), indent=1))
+    os.replace(tmp, path)
 
 
 def read_sizes(shards: Iterable[str]) -> int | None:

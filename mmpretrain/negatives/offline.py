@@ -35,7 +35,7 @@ from tqdm import tqdm
 from mmpretrain.data.decode import decode_captions
 from mmpretrain.data.safe_tar import DEFAULT_MAX_MEMBER_BYTES, EVERY_MEMBER, ShardFailure, read_shard
 from mmpretrain.data.shard_writer import _TAR_MTIME
-from mmpretrain.data.shards import SIZES_FILE, expand_shards, read_shard_sizes
+from mmpretrain.data.shards import expand_shards, read_shard_sizes, update_sizes
 from mmpretrain.data.skips import SampleSkipped
 from mmpretrain.negatives.api import NegativeReport, TypeCounts, caption_vocabulary, generate_negatives
 from mmpretrain.negatives.base import Negative
@@ -289,17 +289,8 @@ def write_negative_shards(source: str, out_dir: str | Path, options: WriteOption
                 if after_shard is not None:
                     after_shard(name)
     finished = {name: record for name, record in records.items() if record is not None}
-    _write_sizes(out, {name: record["samples"] for name, record in finished.items()})
+    # from the samples actually written: a broken input shard holds fewer than its sizes.json said
+    update_sizes(out, {name: record["samples"] for name, record in finished.items()})
     summary = summarise(finished, options)
     _atomic_json(out / REPORT_FILE, summary)
     return summary
-
-
-def _write_sizes(out: Path, counts: Mapping[str, int]) -> None:
-    """sizes.json from the samples actually written (a broken input shard holds fewer than its sizes.json said),
-    keeping the entries of other shards in the folder."""
-    path = out / SIZES_FILE
-    sizes = json.loads(path.read_text()) if path.is_file() else {}
-    sizes = {name: n for name, n in sizes.items() if (out / name).exists()}
-    sizes.update(counts)
-    _atomic_json(path, dict(sorted(sizes.items())))
