@@ -64,6 +64,15 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
+def _encode_in_batches(items: Sequence[Any], size: int, embed: Callable[[Sequence[Any]], torch.Tensor],
+                       progress: bool, desc: str) -> torch.Tensor:
+    """`embed` over `items` in batches of `size` (with a progress bar), as one float32 CPU tensor."""
+    total = (len(items) + size - 1) // size
+    chunks = [embed(batch).float().cpu()
+              for batch in tqdm(_batches(items, size), total=total, desc=desc, disable=not progress, leave=False)]
+    return torch.cat(chunks)
+
+
 def first_member(raw: RawSample, extensions: Sequence[str]) -> Optional[bytes]:
     return next((raw[ext] for ext in extensions if raw.get(ext) is not None), None)
 
@@ -101,12 +110,11 @@ class ImageModality(Modality):
                progress: bool = False, desc: str = "images") -> torch.Tensor:
         transform = self.inputs.image_transform
         assert transform is not None
-        chunks = []
-        total = (len(items) + batch_size - 1) // batch_size
-        for batch in tqdm(_batches(items, batch_size), total=total, desc=desc, disable=not progress, leave=False):
+
+        def embed(batch: Sequence[Image.Image]) -> torch.Tensor:
             pixels = torch.stack([transform(image) for image in batch]).to(device)
-            chunks.append(model.encode("image", pixels, normalize=True).float().cpu())
-        return torch.cat(chunks)
+            return model.encode("image", pixels, normalize=True)
+        return _encode_in_batches(items, batch_size, embed, progress, desc)
 
 
 class TextModality(Modality):
@@ -121,11 +129,10 @@ class TextModality(Modality):
                progress: bool = False, desc: str = "texts") -> torch.Tensor:
         tokenizer = self.inputs.tokenizer
         assert tokenizer is not None
-        chunks = []
-        total = (len(items) + batch_size - 1) // batch_size
-        for batch in tqdm(_batches(items, batch_size), total=total, desc=desc, disable=not progress, leave=False):
-            chunks.append(model.encode("text", tokenizer(list(batch)).to(device), normalize=True).float().cpu())
-        return torch.cat(chunks)
+
+        def embed(batch: Sequence[str]) -> torch.Tensor:
+            return model.encode("text", tokenizer(list(batch)).to(device), normalize=True)
+        return _encode_in_batches(items, batch_size, embed, progress, desc)
 
 
 class AudioModality(Modality):
@@ -147,16 +154,13 @@ class AudioModality(Modality):
         if not items:
             raise ValueError("no audio items to encode")
         crops = items[0].shape[0]
-        per_batch = max(1, batch_size // crops)
-        chunks = []
-        total = (len(items) + per_batch - 1) // per_batch
-        for batch in tqdm(_batches(items, per_batch), total=total, desc=desc, disable=not progress, leave=False):
+
+        def embed(batch: Sequence[torch.Tensor]) -> torch.Tensor:
             waves = torch.stack(list(batch))                       # [B, crops, clip_samples]
             flat = waves.reshape(-1, waves.shape[-1]).to(device)   # [B * crops, clip_samples]
-            features = model.encode("audio", flat, normalize=True).float().cpu()
-            features = features.reshape(len(batch), crops, -1).mean(dim=1)
-            chunks.append(F.normalize(features, dim=-1))
-        return torch.cat(chunks)
+            features = model.encode("audio", flat, normalize=True).float()
+            return F.normalize(features.reshape(len(batch), crops, -1).mean(dim=1), dim=-1)
+        return _encode_in_batches(items, max(1, batch_size // crops), embed, progress, desc)
 
 
 MODALITIES: dict[str, type[Modality]] = {"image": ImageModality, "text": TextModality, "audio": AudioModality}
