@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from mmpretrain.losses import ClipLoss, LossConfig, SigLipLoss, build_loss
 from mmpretrain.losses.blockwise import blockwise_row_logsumexp, blockwise_softplus_sum
 from mmpretrain.losses.functional import row_logsumexp, softplus_sum
+from tests.gloo import run_on_ranks
 
 LOCAL_BATCH, DIM, NUM_POS, NUM_NEG, CHUNK = 4, 16, 2, 2, 3
 
@@ -82,31 +78,12 @@ def rank_cases(rank: int, world_size: int) -> dict[str, dict[str, torch.Tensor]]
     return {name: run_case(fn, inputs) for name, (fn, inputs) in cases.items()}
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
-    try:
-        torch.save(rank_cases(rank, world_size), os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda w: f"world{w}")
 def ranks(request, tmp_path_factory) -> tuple[int, list[dict[str, dict[str, torch.Tensor]]]]:
     """Per-rank results of one spawned gloo job (computed once per world size for all tests below)."""
     world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"world{world_size}")
-    mp.start_processes(_worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size, join=True,
-                       start_method="spawn")
-    return world_size, [torch.load(out_dir / f"rank{r}.pt") for r in range(world_size)]
+    return world_size, run_on_ranks(rank_cases, world_size, out_dir)
 
 
 # ---- naive single-process references over the concatenated global batch, straight from the formulas ----

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,31 +25,7 @@ from mmpretrain.eval.compositional.shuffles import order_negatives
 from mmpretrain.eval.harness import EvalConfig, EvalTaskConfig, check_task_data, run_eval
 from tests.eval.fakes import ToneModel, colour_tokens, first_pixel, png, write_samples
 from tests.conftest import COLOURS
-
-
-class Adapter(nn.Module):
-    """The project's `encode(modality, x, normalize)` over an open_clip model (clip_benchmark calls the model's
-    own encode_image / encode_text)."""
-
-    def __init__(self, clip: nn.Module) -> None:
-        super().__init__()
-        self.clip = clip
-
-    def encode(self, modality: str, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        if modality == "image":
-            return self.clip.encode_image(x, normalize=normalize)
-        return self.clip.encode_text(x, normalize=normalize)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip() -> tuple[nn.Module, Any, Any]:
-    torch.manual_seed(0)
-    clip = open_clip.model.CustomTextCLIP(
-        embed_dim=32,
-        vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
-        text_cfg=dict(context_length=16, vocab_size=49408, width=64, heads=2, layers=2),
-    ).eval()
-    return clip, open_clip.image_transform(32, is_train=False), open_clip.get_tokenizer("ViT-B-32", context_length=16)
+from tests.test_eval_harness import tiny_clip  # noqa: F401  (the fixture: a tiny open_clip model, wrapped)
 
 
 def _noise_png(path: Path, seed: int, size: int = 40) -> None:
@@ -86,12 +61,13 @@ def test_sugarcrepe_matches_clip_benchmark(tmp_path: Path, tiny_clip) -> None:
     accuracy here is torch-only (`torch.Tensor(list).float().mean()`), so the numpy 2 breakage of its zero-shot
     accuracy() does not arise. Ties: it counts them as hits (argmax picks the positive, index 0), we as misses;
     the test checks that no pair is within 1e-4 of a tie, so the rule cannot decide any outcome here."""
-    clip, transform, tokenizer = tiny_clip
+    model, transform, tokenizer = tiny_clip
+    clip = model.clip  # clip_benchmark calls open_clip's own encode_image / encode_text
     subsets = {"replace_obj": 14, "swap_att": 11}
     _sugarcrepe(tmp_path, subsets)
     config = EvalConfig(batch_size=4, tasks=[EvalTaskConfig(name="sc", kind="compositional", format="sugarcrepe",
                                                             data=str(tmp_path))])
-    ours = run_eval(Adapter(clip), transform, tokenizer, config, progress=False)
+    ours = run_eval(model, transform, tokenizer, config, progress=False)
     assert ours["compositional/sc/skipped"] == 0.0
     theirs = {}
     for subset in subsets:

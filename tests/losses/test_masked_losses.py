@@ -9,17 +9,14 @@ gradients (what DDP applies) with the reference's gradients, and masked-out rows
 
 from __future__ import annotations
 
-import os
-from datetime import timedelta
 from typing import Callable, Optional
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mmpretrain.losses import ClipLoss, SigLipLoss
-from tests.test_losses_distributed import (CHUNK, LOCAL_BATCH, NUM_NEG, free_port, global_inputs, naive_clip,
+from tests.gloo import run_on_ranks
+from tests.test_losses_distributed import (CHUNK, LOCAL_BATCH, NUM_NEG, global_inputs, naive_clip,
                                            naive_siglip)
 
 # Per-rank mask patterns (rank r takes pattern r): mixed, a rank with no complete pair, a full rank, a sparse one.
@@ -112,17 +109,6 @@ def reference(world_size: int, loss_name: str, variant: str, scenario: str) -> d
     return run(fn, variant_inputs(world_size, variant))
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=60))
-    try:
-        torch.save(rank_cases(rank, world_size), os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda w: f"world{w}")
 def ranks(request, tmp_path_factory) -> tuple[int, list[dict[str, dict[str, torch.Tensor]]]]:
     """Per-rank results of every case; one process (no process group) at world size 1, a gloo job otherwise."""
@@ -130,9 +116,7 @@ def ranks(request, tmp_path_factory) -> tuple[int, list[dict[str, dict[str, torc
     if world_size == 1:
         return 1, [rank_cases(0, 1)]
     out_dir = tmp_path_factory.mktemp(f"masked_world{world_size}")
-    mp.start_processes(_worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size, join=True,
-                       start_method="spawn")
-    return world_size, [torch.load(out_dir / f"rank{r}.pt") for r in range(world_size)]
+    return world_size, run_on_ranks(rank_cases, world_size, out_dir)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> None:
