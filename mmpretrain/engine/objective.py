@@ -69,9 +69,11 @@ class ContrastiveObjective(nn.Module):
     def _pairs_loss(self, features: Features) -> torch.Tensor:
         total: Optional[torch.Tensor] = None
         stats: dict[str, torch.Tensor] = {}
-        for pair in self.model.pairs:
-            log_scale, bias = self.model.head(pair)
+        for index, pair in enumerate(self.model.pairs):
+            bias = self.model.head(pair)[1]
             scale = self.model.scale(pair)
+            if index == 0:
+                self.last_logit_scale = scale.detach()  # the first pair's is the run's `logit_scale` metric
             # text is [B, D] or [B, P, D] (P positive captions); hard negatives, when the batch has them, are
             # extra text columns that are nobody's positive (text is always a pair's second member).
             negatives = features.get("negative_text") if pair.second == "text" else None
@@ -81,7 +83,6 @@ class ContrastiveObjective(nn.Module):
             total = pair.weight * loss if total is None else total + pair.weight * loss
             if len(self.model.pairs) > 1:
                 stats[f"{pair.key}/loss"], stats[f"{pair.key}/logit_scale"] = loss.detach(), scale.detach()
-        self.last_logit_scale = self.model.scale().detach()
         self.last_pair_stats = stats
         assert total is not None
         return total
