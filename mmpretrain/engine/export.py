@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import open_clip
 import torch
@@ -118,9 +118,8 @@ def typed_model_config(model_config: Mapping[str, Any], where: str = "model") ->
 def _write_open_clip(checkpoint: Mapping[str, Any], checkpoint_file: Path, model_config: Mapping[str, Any],
                      out: Path, formats: tuple[str, ...]) -> None:
     model_cfg, preprocess_cfg = _open_clip_config(model_config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
                                                   indent=2) + "\n")
         # The reference is built from the very config file we ship (no weights in tmp yet), so the key check
@@ -129,6 +128,16 @@ def _write_open_clip(checkpoint: Mapping[str, Any], checkpoint_file: Path, model
         state = to_open_clip_state_dict(model_state(checkpoint), custom_text=_is_custom_text(model_cfg))
         _check_matches(state, reference, checkpoint_file)
         _write_weights(state, tmp, formats)
+    write_dir_atomically(out, fill)
+
+
+def write_dir_atomically(out: Path, fill: Callable[[Path], None]) -> None:
+    """`fill` a temporary folder beside `out`, then put it in `out`'s place: `out` is either as it was or complete,
+    and nothing is left behind when `fill` (or its checks) fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        fill(tmp)
         _apply_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:

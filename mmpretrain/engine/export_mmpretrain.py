@@ -22,10 +22,7 @@ would otherwise get open_clip's defaults.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,15 +30,14 @@ from typing import Any, Mapping
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 
-from mmpretrain.engine.checkpoint import model_state
-from mmpretrain.engine.export import _apply_umask, _replace_dir, trained_preprocess, typed_model_config
+from mmpretrain.engine.checkpoint import file_digest, model_state
+from mmpretrain.engine.export import trained_preprocess, typed_model_config, write_dir_atomically
 from mmpretrain.errors import ConfigError
 from mmpretrain.models.towers import BuiltModel, build_model
 
 FORMAT = 1
 CONFIG_NAME = "mmpretrain_config.json"
 WEIGHTS_NAME = "mmpretrain_model.safetensors"
-_HASH_CHUNK = 1 << 20
 
 
 def is_export_dir(path: Path) -> bool:
@@ -80,22 +76,17 @@ def write_mmpretrain(checkpoint: Mapping[str, Any], checkpoint_file: Path, model
         "preprocess": trained_preprocess(model_config, size=built.preprocess.get("size")),
         "source": {"checkpoint": str(Path(checkpoint_file).resolve()), "step": checkpoint.get("step")},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config["weights"] = {"file": WEIGHTS_NAME, "bytes": (tmp / WEIGHTS_NAME).stat().st_size,
-                             "sha256": _sha256(tmp / WEIGHTS_NAME)}
+        digest = file_digest(tmp / WEIGHTS_NAME)
+        config["weights"] = {"file": WEIGHTS_NAME, "bytes": digest["size"], "sha256": digest["sha256"]}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         reloaded = load_export(tmp).built.model.state_dict()
         differing = [key for key, value in source.items() if not torch.equal(value, reloaded[key])]
         if differing:
             raise ValueError(f"{checkpoint_file}: the reloaded export differs from the checkpoint in {differing[:3]}")
-        _apply_umask(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomically(out, fill)
 
 
 @dataclass
@@ -138,7 +129,7 @@ def load_export(directory: Path) -> LoadedExport:
     if "bytes" in expected and weights.stat().st_size != expected["bytes"]:
         raise ConfigError(f"{weights}: {weights.stat().st_size} bytes, the export wrote {expected['bytes']}: "
                           f"truncated or replaced (export it again)")
-    if "sha256" in expected and _sha256(weights) != expected["sha256"]:
+    if "sha256" in expected and file_digest(weights)["sha256"] != expected["sha256"]:
         raise ConfigError(f"{weights}: its sha256 is not the one the export recorded: corrupt or replaced "
                           f"(export it again)")
     try:
@@ -189,11 +180,3 @@ def _load_strictly(built: BuiltModel, state: Mapping[str, torch.Tensor], what: s
                           f"{' ...' if len(missing) > 5 else ''}, shape mismatches {shapes[:5]}")
     built.model.load_state_dict(state, strict=True)
     built.model.eval()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
