@@ -10,6 +10,7 @@ import io
 import json
 import random
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +34,9 @@ class Sample:
     negatives: list[str] = field(default_factory=list)  # hard-negative captions from <key>.neg.json
 
 
-def _first_member(raw: RawSample, extensions: tuple[str, ...]) -> bytes | None:
-    for ext in extensions:
-        value = raw.get(ext)
-        if value is not None:
-            return value
-    return None
+def first_member(raw: RawSample, extensions: Sequence[str]) -> bytes | None:
+    """The bytes of the sample's first member among `extensions` (in that order of preference), or None."""
+    return next((raw[ext] for ext in extensions if raw.get(ext) is not None), None)
 
 
 def open_image(data: bytes | None, limits: SampleLimits | None = None) -> Image.Image:
@@ -112,8 +110,8 @@ def decode_sample(raw: RawSample, limits: SampleLimits | None = None, load: bool
     key = raw.get("__key__", "?")
     if raw.get("__oversized__"):
         raise SampleSkipped("member_too_large", raw["__oversized__"])
-    image = open_image(_first_member(raw, IMAGE_EXTENSIONS), limits)
-    captions = decode_captions(_first_member(raw, TEXT_EXTENSIONS))
+    image = open_image(first_member(raw, IMAGE_EXTENSIONS), limits)
+    captions = decode_captions(first_member(raw, TEXT_EXTENSIONS))
     meta = json.loads(raw["json"].decode("utf-8")) if raw.get("json") is not None else {}
     negatives = decode_negatives(raw["neg.json"], key) if raw.get("neg.json") is not None else []
     return Sample(key=key, image=load_rgb(image) if load else image, captions=captions, meta=meta,

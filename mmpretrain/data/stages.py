@@ -27,7 +27,7 @@ from mmpretrain.audio.config import AudioConfig
 from mmpretrain.audio.decode import AUDIO_EXTENSIONS, load_clip, to_transport
 from mmpretrain.data.config import DataConfig
 from mmpretrain.data.decode import (IMAGE_EXTENSIONS, TEXT_EXTENSIONS, choose, decode_captions,
-                                    decode_negatives, load_rgb, open_image)
+                                    decode_negatives, first_member, load_rgb, open_image)
 from mmpretrain.data.online_negatives import OnlineNegatives
 from mmpretrain.data.skips import SampleSkipped
 from mmpretrain.errors import ConfigError
@@ -101,10 +101,6 @@ def run_stages(stages: Sequence[Stage], sample: Sample, context: SampleContext) 
     return {k: v for k, v in sample.items() if isinstance(v, torch.Tensor)}
 
 
-def _first_member(sample: Sample, extensions: Sequence[str]) -> Any:
-    return next((sample[ext] for ext in extensions if sample.get(ext) is not None), None)
-
-
 @register_stage("member_sizes")
 def _member_sizes(env: StageEnv) -> Stage:
     def stage(sample: Sample, context: SampleContext) -> Sample:
@@ -128,7 +124,7 @@ def _presence(env: StageEnv, modality: str, present: bool) -> dict[str, torch.Te
 def _image_header(env: StageEnv) -> Stage:
     """Open the image and check its header size; pixels are decoded by `image_pixels`."""
     def stage(sample: Sample, context: SampleContext) -> Sample:
-        member = _first_member(sample, IMAGE_EXTENSIONS)
+        member = first_member(sample, IMAGE_EXTENSIONS)
         if _absent(env, "image", member):
             return {**sample, "image": None, **_presence(env, "image", False)}
         return {**sample, "image": open_image(member, env.data.limits), **_presence(env, "image", True)}
@@ -138,7 +134,7 @@ def _image_header(env: StageEnv) -> Stage:
 @register_stage("captions")
 def _captions(env: StageEnv) -> Stage:
     def stage(sample: Sample, context: SampleContext) -> Sample:
-        member = _first_member(sample, TEXT_EXTENSIONS)
+        member = first_member(sample, TEXT_EXTENSIONS)
         if _absent(env, "text", member):
             return {**sample, "captions": [""], **_presence(env, "text", False)}  # placeholder tokens, masked out
         return {**sample, "captions": decode_captions(member), **_presence(env, "text", True)}
@@ -231,7 +227,7 @@ def _audio(env: StageEnv) -> Stage:
     config = env.audio
 
     def stage(sample: Sample, context: SampleContext) -> Sample:
-        member = _first_member(sample, AUDIO_EXTENSIONS)
+        member = first_member(sample, AUDIO_EXTENSIONS)
         if _absent(env, "audio", member):
             return {**sample, "audio": torch.zeros(config.clip_samples, dtype=torch.int16),
                     **_presence(env, "audio", False)}

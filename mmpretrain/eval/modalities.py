@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from mmpretrain.audio.config import AudioConfig
 from mmpretrain.audio.decode import AUDIO_EXTENSIONS, check_silence, eval_crops, read_audio, resample, to_transport
-from mmpretrain.data.decode import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_captions, load_rgb, open_image
+from mmpretrain.data.decode import (IMAGE_EXTENSIONS, TEXT_EXTENSIONS, decode_captions, first_member, load_rgb,
+                                    open_image)
 from mmpretrain.data.shards import RawSample
 from mmpretrain.errors import ConfigError
 
@@ -71,10 +72,6 @@ def _encode_in_batches(items: Sequence[Any], size: int, embed: Callable[[Sequenc
     chunks = [embed(batch).float().cpu()
               for batch in tqdm(_batches(items, size), total=total, desc=desc, disable=not progress, leave=False)]
     return torch.cat(chunks)
-
-
-def first_member(raw: RawSample, extensions: Sequence[str]) -> Optional[bytes]:
-    return next((raw[ext] for ext in extensions if raw.get(ext) is not None), None)
 
 
 class Modality:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from mmpretrain.data.decode import IMAGE_EXTENSIONS, decode_captions
+from mmpretrain.data.decode import IMAGE_EXTENSIONS, decode_captions, first_member
 from mmpretrain.data.safe_tar import DEFAULT_MAX_MEMBER_BYTES
 from mmpretrain.data.shards import RawSample
 from mmpretrain.data.skips import SampleSkipped, SkipEvent
@@ -256,7 +256,7 @@ def read_shards(spec: str, types: Sequence[str] = (), max_samples: Optional[int]
     def parse(raw: RawSample) -> Item:
         if raw.get("__oversized__"):
             raise SampleSkipped("member_too_large", raw["__oversized__"])
-        data = next((raw[ext] for ext in IMAGE_EXTENSIONS if raw.get(ext) is not None), None)
+        data = first_member(raw, IMAGE_EXTENSIONS)
         if data is None:
             raise SampleSkipped("image_missing", f"no {'/'.join(IMAGE_EXTENSIONS)} member")
         positive = decode_captions(raw.get("txt"))[0]
