@@ -93,6 +93,23 @@ def read_lines(out: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def drop_torn_line(out: Path) -> None:
+    """Cut a last line left without its newline by a killed run, so that the next append starts a line of its
+    own instead of joining it (which would lose both)."""
+    path = out / RESULTS_FILE
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    log.warning("%s: dropping a torn last line (%d bytes; a run killed mid-write)", path, len(data) - keep)
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def done_pairs(out: Path) -> set[tuple[str, str]]:
     return {(line["model"], line["dataset"]) for line in read_lines(out)}
 

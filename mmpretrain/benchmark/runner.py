@@ -1,7 +1,7 @@
 """`mmpretrain benchmark`: every model on every task of a suite, each dataset streamed once per preprocessing.
 
 For each task whose data are present: the models not yet scored on it (results.jsonl is the resume state) are
-grouped by preprocessing; each group gets one streamed pass (benchmark/stream.py) that decodes and transforms each
+grouped by preprocessing; each group gets one streamed pass (eval/stream.py) that decodes and transforms each
 image once and embeds it with every model of the group; then each model's text side (a zero-shot classifier,
 cached per (model, class names, templates), or the captions) and its metrics. Compositional tasks go through the
 eval harness, one model at a time (their sets are small). Absent data make a task *missing*, reported in
@@ -27,9 +27,9 @@ import torch.distributed as dist
 
 from mmpretrain.benchmark import results as out_files
 from mmpretrain.benchmark.models import BenchModel, load_bench_model
-from mmpretrain.benchmark.sources import (ClipBenchmarkSource, FolderSource, ShardSource, Source,
+from mmpretrain.eval.sources import (ClipBenchmarkSource, FolderSource, ShardSource, Source,
                                           decode_record_image, read_lines)
-from mmpretrain.benchmark.stream import StreamResult, fetch_records, stream_features
+from mmpretrain.eval.stream import StreamResult, fetch_records, stream_features
 from mmpretrain.benchmark.suite import Suite, SuiteTask, data_present
 from mmpretrain.engine.dist import detect_process, init_distributed
 from mmpretrain.engine.local import resolve_device
@@ -260,7 +260,7 @@ def run_benchmark(suite: Suite, model_specs: Sequence[str], out: Path,
         raise DataError(f"--strict: {len(missing)} task(s) have no data, e.g. {first[0]}: {first[1]}")
     info = detect_process()
     init_distributed(info)
-    rank = info.rank if info.distributed else 0
+    rank = dist.get_rank() if dist.is_initialized() else 0  # also in a group its caller made
     device = resolve_device(options.device, info.local_rank)
     models = [load_bench_model(spec) for spec in model_specs]
     labels = [m.label for m in models]
@@ -268,6 +268,7 @@ def run_benchmark(suite: Suite, model_specs: Sequence[str], out: Path,
         raise ConfigError(f"two models have the same label ({labels}): name them with LABEL=SPEC")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        out_files.drop_torn_line(out)
         out_files.write_json(out / "missing.json", missing)
         for name, why in missing.items():
             log.warning("task %s: missing (%s)", name, why)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from mmpretrain.benchmark.sources import Record, Source, decode_record_image
+from mmpretrain.eval.sources import Record, Source, decode_record_image
 from mmpretrain.data.skips import SampleSkipped, SkipEvent, SkipLedger
 
 
@@ -44,16 +44,24 @@ class _UnitStream(IterableDataset):
     """This rank's units, split again over the DataLoader's workers; yields batches of transformed images."""
 
     def __init__(self, source: Source, units: Sequence[tuple[int, Any]], transform: Callable[[Any], torch.Tensor],
-                 batch_size: int) -> None:
+                 batch_size: int, max_items: Optional[int] = None) -> None:
         super().__init__()
         self.source, self.units, self.transform, self.batch_size = source, list(units), transform, batch_size
+        # The first N items in (unit, position) order are among the first N this worker yields (it walks its
+        # units in that order), so with max_samples a worker stops there: nothing after it is read or decoded.
+        self.max_items = max_items
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         mine = self.units if info is None else self.units[info.id::info.num_workers]
         batch: dict[str, list[Any]] = _empty()
+        yielded = 0
         for unit_index, unit in mine:
+            if self.max_items is not None and yielded >= self.max_items:
+                break
             for position, item in enumerate(self.source.read(unit)):
+                if self.max_items is not None and yielded >= self.max_items:
+                    break
                 if isinstance(item, SkipEvent):
                     batch["skips"].append(item)
                     continue
@@ -63,6 +71,7 @@ class _UnitStream(IterableDataset):
                     batch["skips"].append(SkipEvent(e.reason, str(unit), 1, f"{item.key}: {e.detail}", item.key))
                     continue
                 _append(batch, item, pixels, (unit_index, position))
+                yielded += 1
                 if len(batch["pixels"]) == self.batch_size:
                     yield _finish(batch)
                     batch = _empty()
@@ -106,7 +115,7 @@ def stream_features(source: Source, models: Sequence[Any], transform: Callable[[
     rank = dist.get_rank() if world > 1 else 0
     units = source.units()
     mine = rank_units(units, rank, world)
-    loader = DataLoader(_UnitStream(source, mine, transform, batch_size), batch_size=None,
+    loader = DataLoader(_UnitStream(source, mine, transform, batch_size, max_samples), batch_size=None,
                         num_workers=min(workers, len(mine)), pin_memory=device.type == "cuda",
                         persistent_workers=False)
     chunks: dict[str, list[torch.Tensor]] = {m.label: [] for m in models}
