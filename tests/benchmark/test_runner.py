@@ -215,3 +215,23 @@ def test_cli_prints_the_table_and_names_missing_tasks(tmp_path: Path, weights, c
     printed = capsys.readouterr().out
     assert code == 0
     assert "| m |" in printed and "missing (1 of 2 tasks, data absent): absent" in printed
+
+
+def test_compositional_tasks_run_through_the_eval_harness(tmp_path: Path, weights) -> None:
+    from mmpretrain.benchmark.models import load_bench_model
+    from mmpretrain.eval.harness import EvalConfig, EvalTaskConfig, run_eval
+    from tests.eval.test_compositional import _sugarcrepe
+
+    _sugarcrepe(tmp_path / "sc", {"replace_obj": 6, "swap_att": 5})
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(f"tasks:\n  - {{name: sc, kind: compositional, format: sugarcrepe, path: {tmp_path / 'sc'}}}\n")
+    run_benchmark(load_suite(suite_file), [f"a={MODEL}:{weights[0]}"], tmp_path / "out", options())
+    (line,) = read_lines(tmp_path / "out")
+    assert line["task"] == "compositional" and line["mmpretrain"]["main_metric"] == "acc"
+    model = load_bench_model(f"{MODEL}:{weights[0]}", "a")
+    config = EvalConfig(batch_size=7, tasks=[EvalTaskConfig(name="sc", kind="compositional", format="sugarcrepe",
+                                                            data=str(tmp_path / "sc"))])
+    expected = run_eval(model.model, model.transform, model.tokenizer, config, progress=False)
+    assert line["metrics"]["swap_att/acc"] == expected["compositional/sc/swap_att/acc"]
+    assert line["mmpretrain"]["main_value"] == expected["compositional/sc/acc"]
+    assert "swap_att/blind_acc" in line["metrics"]
