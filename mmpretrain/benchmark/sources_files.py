@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 from PIL import Image
 
 from mmpretrain.benchmark.classnames import load_classnames
-from mmpretrain.benchmark.sources import FILES_PER_UNIT, Read, Record, Source
+from mmpretrain.eval.sources import FILES_PER_UNIT, Read, Record, Source
 from mmpretrain.data.skips import SkipEvent
 from mmpretrain.errors import ConfigError, DataError
 
@@ -119,6 +119,22 @@ def torchvision_dataset_name(name: str) -> str:
                       f"{', '.join(TORCHVISION_DATASETS)})")
 
 
+def torchvision_data_missing(name: str, root: str, split: str = "test") -> Optional[str]:
+    """None when the files torchvision reads for the dataset's split are in `root`, else one line saying which
+    are not (for a suite's missing-data report; TorchvisionSource raises it as FileNotFoundError)."""
+    name = torchvision_dataset_name(name)
+    spec = TORCHVISION_DATASETS[name]
+    if split not in spec.splits:
+        return None  # not a question of files: TorchvisionSource refuses the split
+    needs = spec.needs[split] if isinstance(spec.needs, dict) else spec.needs
+    tv_split = str(spec.splits[split].get("split", split))
+    absent = [need.format(split=tv_split) for need in needs if not (Path(root) / need.format(split=tv_split)).exists()]
+    if absent:
+        return (f"torchvision dataset {name} not found in {root} (no {', '.join(absent)}); it is read offline, "
+                f"never downloaded")
+    return None
+
+
 def _integer_label(label: Any) -> Optional[int]:
     if isinstance(label, bool):
         return None
@@ -153,13 +169,9 @@ class TorchvisionSource(Source):
             raise ConfigError(f"torchvision dataset {self.name}: split {split!r} is not one of "
                               f"{', '.join(spec.splits)}{hint}")
         self._kwargs = {**spec.kwargs, **spec.splits[split]}
-        needs = spec.needs[split] if isinstance(spec.needs, dict) else spec.needs
-        tv_split = str(self._kwargs.get("split", split))
-        missing = [need.format(split=tv_split) for need in needs
-                   if not (Path(self.root) / need.format(split=tv_split)).exists()]
+        missing = torchvision_data_missing(self.name, self.root, split)
         if missing:
-            raise FileNotFoundError(f"torchvision dataset {self.name} not found in {self.root} (no "
-                                    f"{', '.join(missing)}); it is read offline, never downloaded")
+            raise FileNotFoundError(missing)
         self._dataset: Any = None
         self._length: Optional[int] = None
         self._names: list[str] = list(classnames) or (load_classnames(spec.classnames) if spec.classnames else [])

@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mmpretrain.benchmark.classnames import load_classnames, shipped_classnames
-from mmpretrain.benchmark.sources import Record
+from mmpretrain.eval.sources import Record
 from mmpretrain.benchmark.sources_files import (TORCHVISION_DATASETS, KarpathySource, TorchvisionSource,
-                                                torchvision_dataset_name)
+                                                torchvision_data_missing, torchvision_dataset_name)
 from mmpretrain.data.skips import SKIP_REASONS, SkipEvent
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.eval.templates import TEMPLATE_SETS, fill_template
@@ -456,3 +456,52 @@ def test_quick_suite_holds_the_demos_eval_tasks_as_written_in_demo_yaml():
         assert ours.get("label_key", "label") == task.get("label_key", "label")
         assert ours.get("classnames") == task.get("classnames")
         assert ours.get("templates") == task.get("template_set")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the runner
+
+
+def test_a_suite_of_torchvision_and_karpathy_tasks_runs_end_to_end(tmp_path):
+    import open_clip
+    import torch
+
+    from mmpretrain.benchmark.runner import BenchmarkOptions, run_benchmark
+    from mmpretrain.benchmark.suite import load_suite
+    from mmpretrain.models.towers import register_project_configs
+
+    register_project_configs()
+    torch.manual_seed(0)
+    weights = tmp_path / "micro.pt"
+    torch.save(open_clip.create_model("mmp-test-micro").state_dict(), weights)
+    write_mnist(tmp_path / "tv", n_test=11)
+    annotations = write_karpathy(tmp_path / "k", missing=(4,), n=9)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""
+name: files
+benchmark_root: {tmp_path}
+tasks:
+  - {{name: mnist, kind: zeroshot, format: torchvision, dataset: mnist, path: "${{benchmark_root}}/tv",
+     templates: digits, main_metric: acc1}}
+  - {{name: coco, kind: retrieval, format: karpathy, path: "{annotations}", images: "${{benchmark_root}}/k/images"}}
+  - {{name: cifar10, kind: zeroshot, format: torchvision, dataset: cifar10, path: "${{benchmark_root}}/absent",
+     templates: photo}}
+""")
+    out = tmp_path / "out"
+    result = run_benchmark(load_suite(suite), [f"m=mmp-test-micro:{weights}"], out,
+                           BenchmarkOptions(batch_size=4, workers=0, device="cpu", progress=False))
+    by_task = {line["dataset"]: line for line in (json.loads(l) for l in (out / "results.jsonl").open())}
+    assert set(by_task) == {"mnist", "coco"}
+    assert by_task["mnist"]["mmpretrain"]["samples"] == 11
+    assert set(by_task["mnist"]["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert by_task["coco"]["mmpretrain"]["samples"] == 5 and by_task["coco"]["mmpretrain"]["skipped"] == 1
+    assert "mean_recall@1" in by_task["coco"]["metrics"]
+    assert "cifar10" in result["missing"]
+
+
+def test_the_missing_data_report_names_the_files_torchvision_reads(tmp_path):
+    assert "no cifar-10-batches-py" in torchvision_data_missing("cifar10", str(tmp_path))
+    assert "no test_32x32.mat" in torchvision_data_missing("svhn", str(tmp_path), "test")
+    assert "(no meta.bin, val)" in torchvision_data_missing("imagenet1k", str(tmp_path), "test")  # ImageNet's test is val
+    write_mnist(tmp_path)
+    assert torchvision_data_missing("mnist", str(tmp_path)) is None

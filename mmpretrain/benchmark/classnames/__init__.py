@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from mmpretrain.benchmark.sources import read_lines
+from mmpretrain.eval.sources import read_lines
 from mmpretrain.errors import ConfigError
 
 
