@@ -4,8 +4,8 @@
 through torchvision's own class, offline: it never downloads, and a dataset that is not there is one
 FileNotFoundError naming the root and the dataset, raised before torchvision is asked. Units are index ranges; the
 torchvision object is built once per process on first use (in a DataLoader worker: its first `read`) and never
-pickled. Torchvision's classes verify what they load as they always do (CIFAR, STL-10, SVHN, Flowers-102 and
-FER2013 check the MD5 of their files, every time one is built: for STL-10 that includes the 2.6 GB unlabeled file).
+pickled. Torchvision's classes verify what they load as they always do: CIFAR, STL-10, SVHN, Flowers-102 and
+FER2013 check the MD5 of their files every time one is built (for STL-10, the 2.6 GiB unlabeled file included).
 
 `KarpathySource` reads the retrieval test sets in Karpathy's split files (``dataset_coco.json``,
 ``dataset_flickr30k.json``): the chosen split's image paths and captions are kept (5,000 entries for COCO's test
@@ -25,9 +25,9 @@ from typing import Any, Optional, Union
 from PIL import Image
 
 from mmpretrain.benchmark.classnames import load_classnames
-from mmpretrain.eval.sources import FILES_PER_UNIT, Read, Record, Source
 from mmpretrain.data.skips import SkipEvent
 from mmpretrain.errors import ConfigError, DataError
+from mmpretrain.eval.sources import FILES_PER_UNIT, Read, Record, Source
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,8 @@ class TorchvisionDataset:
     `splits` maps our split names to the class's keyword arguments; `needs` are the paths (relative to the root,
     ``{split}`` standing for torchvision's split name; a mapping gives them per split) that must exist before
     torchvision is asked, so that a missing dataset is our one-line error and torchvision never downloads, extracts
-    or writes. `classnames` names
-    a shipped list (mmpretrain/benchmark/classnames) used instead of torchvision's `classes`; without one the
-    dataset's own names are used, with ``_`` and ``/`` read as spaces where `spaced`."""
+    or writes. `classnames` names a shipped list (mmpretrain/benchmark/classnames) used instead of torchvision's
+    `classes`; without one the dataset's own names are used, with ``_`` and ``/`` read as spaces where `spaced`."""
 
     cls: str
     splits: dict[str, dict[str, Any]]
@@ -49,8 +48,8 @@ class TorchvisionDataset:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _train_test(flag: str = "train") -> dict[str, dict[str, Any]]:
-    return {"train": {flag: True}, "test": {flag: False}}
+def _train_test() -> dict[str, dict[str, Any]]:
+    return {"train": {"train": True}, "test": {"train": False}}
 
 
 def _named(*names: str, **aliases: str) -> dict[str, dict[str, Any]]:
@@ -128,7 +127,7 @@ def torchvision_data_missing(name: str, root: str, split: str = "test") -> Optio
         return None  # not a question of files: TorchvisionSource refuses the split
     needs = spec.needs[split] if isinstance(spec.needs, dict) else spec.needs
     tv_split = str(spec.splits[split].get("split", split))
-    absent = [need.format(split=tv_split) for need in needs if not (Path(root) / need.format(split=tv_split)).exists()]
+    absent = [path for path in (need.format(split=tv_split) for need in needs) if not (Path(root) / path).exists()]
     if absent:
         return (f"torchvision dataset {name} not found in {root} (no {', '.join(absent)}); it is read offline, "
                 f"never downloaded")

@@ -502,6 +502,7 @@ tasks:
 def test_the_missing_data_report_names_the_files_torchvision_reads(tmp_path):
     assert "no cifar-10-batches-py" in torchvision_data_missing("cifar10", str(tmp_path))
     assert "no test_32x32.mat" in torchvision_data_missing("svhn", str(tmp_path), "test")
-    assert "(no meta.bin, val)" in torchvision_data_missing("imagenet1k", str(tmp_path), "test")  # ImageNet's test is val
+    # ImageNet's test split is its val folder
+    assert "(no meta.bin, val)" in torchvision_data_missing("imagenet1k", str(tmp_path), "test")
     write_mnist(tmp_path)
     assert torchvision_data_missing("mnist", str(tmp_path)) is None
