@@ -137,7 +137,7 @@ class Benchmark:
         for model in group:
             model.model.to(self.device)
         result = stream_features(source, group, group[0].transform, opts.batch_size, opts.workers, self.device,
-                                 opts.progress, task.name, task.max_samples, opts.amp)
+                                 opts.progress, task.name, task.max_samples, opts.amp, shard_over_ranks=True)
         if not result.keys:
             raise DataError(f"task {task.name}: no usable sample in {task.path} ({_skip_summary(result)})")
         if sum(result.skips.by_reason.values()):

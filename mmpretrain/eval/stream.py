@@ -105,14 +105,18 @@ def rank_units(units: Sequence[Any], rank: int, world: int) -> list[tuple[int, A
 
 def stream_features(source: Source, models: Sequence[Any], transform: Callable[[Any], torch.Tensor],
                     batch_size: int, workers: int, device: torch.device, progress: bool = True, desc: str = "",
-                    max_samples: Optional[int] = None, amp: bool = False) -> StreamResult:
+                    max_samples: Optional[int] = None, amp: bool = False, shard_over_ranks: bool = False
+                    ) -> StreamResult:
     """One pass over `source`: every record decoded and transformed once, embedded by each of `models` (objects
-    with `.label` and `.model.encode`), features gathered over ranks and put in the dataset's order.
+    with `.label` and `.model.encode`), put in the dataset's order.
 
-    `max_samples` keeps the first N usable items in that order (every unit is still read: where they fall is
-    known only afterwards). `amp`: bf16 autocast (CUDA only)."""
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
+    `shard_over_ranks`: every rank of the process group calls this together, reads its share of the units, and
+    gets all the features (a collective). Off, this process reads the whole set alone (training's evaluation,
+    which rank 0 may run while the others wait). `max_samples` keeps the first N usable items in that order.
+    `amp`: bf16 autocast (CUDA only)."""
+    together = shard_over_ranks and dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if together else 1
+    rank = dist.get_rank() if together else 0
     units = source.units()
     mine = rank_units(units, rank, world)
     loader = DataLoader(_UnitStream(source, mine, transform, batch_size, max_samples), batch_size=None,

@@ -235,3 +235,28 @@ def test_compositional_tasks_run_through_the_eval_harness(tmp_path: Path, weight
     assert line["metrics"]["swap_att/acc"] == expected["compositional/sc/swap_att/acc"]
     assert line["mmpretrain"]["main_value"] == expected["compositional/sc/acc"]
     assert "swap_att/blind_acc" in line["metrics"]
+
+
+def _rank_zero_evaluates_alone(rank: int, world: int) -> dict:
+    import os
+
+    from mmpretrain.benchmark.models import load_bench_model
+    from mmpretrain.eval.harness import EvalConfig, EvalTaskConfig, run_eval
+
+    if rank != 0:  # as in training under ZeRO-0/1/2: the other ranks wait at the next collective
+        return {}
+    model = load_bench_model(f"{MODEL}:{os.environ['MMP_TEST_WEIGHTS']}", "a")
+    config = EvalConfig(batch_size=7, workers=0, tasks=[EvalTaskConfig(
+        name="colours", kind="zeroshot", data=os.environ["MMP_TEST_DATA"], label_key="colour",
+        classnames=["red", "green", "blue"], templates=["a {} square."])])
+    return run_eval(model.model, model.transform, model.tokenizer, config, progress=False)
+
+
+def test_the_harness_streams_alone_inside_a_process_group(tmp_path: Path, weights,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training's evaluation runs on rank 0 while the other ranks wait: its streamed read must not be a
+    collective (it was, and the ZeRO-2 run hung)."""
+    monkeypatch.setenv("MMP_TEST_DATA", str(write_sets(tmp_path, n=12)))
+    monkeypatch.setenv("MMP_TEST_WEIGHTS", str(weights[0]))
+    results = run_on_ranks(_rank_zero_evaluates_alone, 2, tmp_path)
+    assert results[0]["zeroshot/colours/skipped"] == 0.0 and "zeroshot/colours/top1" in results[0]
