@@ -44,8 +44,6 @@ class RunInput:
     results: dict[str, dict[str, float]]  # file name -> flat final metrics ("zeroshot/digits/top1": 0.95)
     notes: list[str] = field(default_factory=list)
 
-    kind = "run"
-
 
 @dataclass
 class BenchmarkRow:
@@ -101,8 +99,6 @@ class BenchmarkInput:
     details: dict[tuple[str, str], Detail]
     suites: list[str]
     notes: list[str] = field(default_factory=list)
-
-    kind = "benchmark"
 
 
 Input = Union[RunInput, BenchmarkInput]

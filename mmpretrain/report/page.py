@@ -30,7 +30,6 @@ GALLERY_TOP = 10         # hits shown per query
 class Picture:
     src: str                           # relative to the page: assets/<name>.png
     alt: str
-    caption: str = ""
 
 
 @dataclass
@@ -127,10 +126,11 @@ class Assets:
         return self.thumbnails[digest]
 
 
-def _plot(assets: Assets, name: str, alt: str, draw: Callable[[Path], None], caption: str = "") -> Picture:
+def _plot(assets: Assets, name: str, alt: str, draw: Callable[[Path], None]) -> Picture:
+    """Draw a plot now (`draw(path)`) and return how the page shows it."""
     path, src = assets.png(name)
     draw(path)
-    return Picture(src=src, alt=alt, caption=caption)
+    return Picture(src=src, alt=alt)
 
 
 def run_section(run: RunInput, index: int, assets: Assets) -> RunSection:
@@ -145,8 +145,8 @@ def run_section(run: RunInput, index: int, assets: Assets) -> RunSection:
         values = [v for series in metrics.values() for _, v in series if math.isfinite(v)]
         fraction = bool(values) and all(0.0 <= v <= 1.0 for v in values)
         evals.append(_plot(assets, f"{prefix}-eval-{number}", f"{run.name}: eval {task} over steps",
-                           lambda path, t=task, m=metrics: plots.line_plot(
-                               m, t, "score", path, ylim=(-0.02, 1.02) if fraction else None)))
+                           lambda path, t=task, m=metrics, f=fraction: plots.line_plot(
+                               m, t, "score", path, ylim=(-0.02, 1.02) if f else None)))
     return RunSection(anchor=f"input-{index}", name=run.name, path=str(run.path), summary=run.summary,
                       curves=curves, no_curves=no_curves, evals=evals,
                       eval_skips={task: f"{count:,.0f}" for task, count in eval_skips(run.series).items()},
