@@ -4,6 +4,7 @@ table's cells and averages, the confusion classes worth showing. Pure functions,
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -64,7 +65,8 @@ def eval_series(series: dict[str, Series]) -> dict[str, dict[str, Series]]:
         if not key.startswith(EVAL_PREFIX) or len(parts) < 3 or parts[-1] in ("skipped", "failed"):
             continue
         tasks.setdefault("/".join(parts[:-1]), {})[parts[-1]] = values
-    return tasks
+    return {task: dict(sorted(metrics.items(), key=lambda item: natural_key(item[0])))
+            for task, metrics in tasks.items()}
 
 
 def eval_skips(series: dict[str, Series]) -> dict[str, float]:
@@ -90,8 +92,13 @@ class ResultsTable:
     long_rows: list[tuple[str, list[tuple[str, float]]]]   # long: (task, [(metric, value)])
 
 
-def _metric_order(metric: str) -> tuple[bool, str]:
-    return metric in ("skipped", "failed"), metric  # counts last
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that reads the numbers in names as numbers: R@1, R@5, R@10 (not R@1, R@10, R@5)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+
+
+def _metric_order(metric: str) -> tuple[bool, tuple[tuple[int, int | str], ...]]:
+    return metric in ("skipped", "failed"), natural_key(metric)  # counts last
 
 
 def results_tables(flat: dict[str, float]) -> list[ResultsTable]:

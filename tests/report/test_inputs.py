@@ -177,3 +177,10 @@ def test_results_tables_are_wide_when_tasks_share_metrics_and_long_otherwise():
     assert by_kind["retrieval"].metrics == [] and by_kind["retrieval"].long_rows[0] == ("x", [("image_to_text_R@1",
                                                                                                0.3)])
     assert by_kind["other"].rows == [("odd", [1.0])]
+
+
+def test_metrics_are_listed_with_their_numbers_read_as_numbers():
+    tables = results_tables({"retrieval/x/R@10": 0.9, "retrieval/x/R@5": 0.8, "retrieval/x/R@1": 0.5})
+    assert tables[0].metrics == ["R@1", "R@5", "R@10"]
+    series = eval_series({f"eval/retrieval/x/R@{k}": [(1, 0.5)] for k in (10, 1, 5)})
+    assert list(series["retrieval/x"]) == ["R@1", "R@5", "R@10"]
