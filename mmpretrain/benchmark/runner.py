@@ -157,7 +157,7 @@ class Benchmark:
                                          len(result.keys), skipped, seconds)
             if self.rank == 0:
                 out_files.write_json(self.out / "details" / out_files.safe_name(model.label) /
-                                     f"{task.name}.json", details)
+                                     f"{out_files.safe_name(task.name)}.json", details)
             lines.append(self._write(line))
             log.info("%s on %s: %s %.4f (%d samples, %.1f s)", model.label, task.name, task.main,
                      line["metrics"].get(task.main, float("nan")), len(result.keys), seconds)
