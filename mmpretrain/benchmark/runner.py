@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from mmpretrain.benchmark import results as out_files
+from mmpretrain.benchmark.classnames import load_classnames
 from mmpretrain.benchmark.models import BenchModel, load_bench_model
 from mmpretrain.eval.sources import (ClipBenchmarkSource, FolderSource, ShardSource, Source,
                                           decode_record_image, read_lines)
@@ -66,13 +67,9 @@ def _text_list(value: Any, what: str, task: SuiteTask) -> list[str]:
     if what == "templates" and str(value) in TEMPLATE_SETS:
         return get_templates(str(value))
     if what == "classnames":
-        try:
-            from mmpretrain.benchmark.classnames import load_classnames
-        except ImportError:
-            load_classnames = None
-        if load_classnames is not None:
-            return load_classnames(str(value))
-    raise ConfigError(f"task {task.name!r}: {what} {value!r} is neither a list, a file, nor a known name")
+        return load_classnames(str(value))  # a shipped list; an unknown name is a one-line error listing them
+    raise ConfigError(f"task {task.name!r}: templates {value!r} is neither a list, a file, nor a template set "
+                      f"({', '.join(sorted(TEMPLATE_SETS))})")
 
 
 def open_source(task: SuiteTask) -> Source:
