@@ -32,7 +32,7 @@ from mmpretrain.eval.sources import (ClipBenchmarkSource, FolderSource, ShardSou
                                           decode_record_image, read_lines)
 from mmpretrain.eval.stream import StreamResult, fetch_records, stream_features
 from mmpretrain.benchmark.suite import Suite, SuiteTask, data_present
-from mmpretrain.engine.dist import detect_process, init_distributed
+from mmpretrain.engine.dist import broadcast, detect_process, init_distributed
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.eval.harness import encode_texts
@@ -103,7 +103,9 @@ class Benchmark:
         self.classifiers: dict[tuple[str, tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
 
     def run(self, missing: dict[str, str]) -> list[dict[str, Any]]:
-        done = out_files.done_pairs(self.out)
+        # Rank 0's view of what is done: every rank must walk the same (task, group) passes, as each is a
+        # collective, even where the output directory is not shared between nodes.
+        done = broadcast(out_files.done_pairs(self.out) if self.rank == 0 else None)
         lines: list[dict[str, Any]] = []
         for task in self.suite.tasks:
             if task.name in missing:
@@ -251,13 +253,15 @@ def run_benchmark(suite: Suite, model_specs: Sequence[str], out: Path,
     options = options or BenchmarkOptions()
     if not model_specs:
         raise ConfigError("give at least one --model (a run directory, an export, or an open_clip name[:weights])")
-    missing = {task.name: why for task in suite.tasks if (why := data_present(task)) is not None}
-    if missing and options.strict:
-        first = next(iter(missing.items()))
-        raise DataError(f"--strict: {len(missing)} task(s) have no data, e.g. {first[0]}: {first[1]}")
     info = detect_process()
     init_distributed(info)
     rank = dist.get_rank() if dist.is_initialized() else 0  # also in a group its caller made
+    # Rank 0 decides which tasks are missing, so that all ranks run the same tasks
+    missing = broadcast({task.name: why for task in suite.tasks if (why := data_present(task)) is not None}
+                        if rank == 0 else None)
+    if missing and options.strict:
+        first = next(iter(missing.items()))
+        raise DataError(f"--strict: {len(missing)} task(s) have no data, e.g. {first[0]}: {first[1]}")
     device = resolve_device(options.device, info.local_rank)
     models = [load_bench_model(spec) for spec in model_specs]
     labels = [m.label for m in models]
