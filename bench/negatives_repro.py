@@ -41,7 +41,7 @@ def build_sets(data_root: Path, out: Path) -> Path:
 
 
 def run(name: str, seed: int, steps: int, out: Path, comp: Path, data_root: Path, negatives: list[str],
-        reuse: bool = False) -> dict:
+        reuse: bool = False, overrides: tuple[str, ...] = ()) -> dict:
     run_dir = out / "runs" / name
     if reuse and (run_dir / "results.json").is_file():  # a run is deterministic per seed and settings
         return {k: v for k, v in json.loads((run_dir / "results.json").read_text()).items() if isinstance(v, float)}
@@ -56,10 +56,13 @@ def run(name: str, seed: int, steps: int, out: Path, comp: Path, data_root: Path
     start = time.perf_counter()
     mmpretrain("train", "demo", "model.towers=[image,text]", "model.pairs=[]", f"data_root={data_root}",
                f"train.seed={seed}", f"train.steps={steps}", "train.progress=false", "train.checkpoint_every=0",
-               f"output_dir={out / 'runs'}", f"run_name={name}", "--overwrite", tasks, *negatives)
+               f"output_dir={out / 'runs'}", f"run_name={name}", "--overwrite", tasks, *overrides, *negatives)
     results = json.loads((run_dir / "results.json").read_text())
     results = results.get("results", results)
-    return {"seconds": time.perf_counter() - start, **{k: v for k, v in results.items() if isinstance(v, float)}}
+    seconds = time.perf_counter() - start
+    print(f"[repro] {name}: {seconds:.0f} s, binding {results.get('compositional/held-out/swap_attributes/acc')}",
+          flush=True)
+    return {"seconds": seconds, **{k: v for k, v in results.items() if isinstance(v, float)}}
 
 
 def summarise(rows: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -85,6 +88,8 @@ def main() -> int:
     parser.add_argument("--mix", default="", help="type weights for the negatives runs, e.g. swap_attributes=4")
     parser.add_argument("--label", default="with", help="name of the negatives condition (its run directories)")
     parser.add_argument("--reuse", action="store_true", help="take finished runs' results.json instead of rerunning")
+    parser.add_argument("--override", action="append", default=[],
+                        help="a config override for both conditions, e.g. data.num_workers=8 (repeatable)")
     parser.add_argument("--data-root", type=Path, default=REPO / "data" / "demo")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "negatives-repro")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "negatives_repro.json")
@@ -98,9 +103,9 @@ def main() -> int:
     rows: dict[str, list[dict]] = {"without": [], args.label: []}
     for seed in args.seeds:
         rows["without"].append(run(f"without-s{seed}", seed, args.steps, args.work, comp, args.data_root, [],
-                                   args.reuse))
+                                   args.reuse, tuple(args.override)))
         rows[args.label].append(run(f"{args.label}-s{seed}", seed, args.steps, args.work, comp, args.data_root,
-                                    negatives, args.reuse))
+                                    negatives, args.reuse, tuple(args.override)))
     table = summarise(rows)
     print(f"{'metric':44s} {'without':>16s} {args.label:>16s} {'delta':>8s}")
     for key in table["without"]:

@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|export|demo|doctor|launch|write-shards|negatives`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|benchmark|export|demo|doctor|launch|write-shards|negatives`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--random-init", action="store_true",
                           help="score a config's model untrained (no checkpoint, no model.pretrained) on purpose")
     _add_overrides(evaluate)
+
+    bench = commands.add_parser("benchmark", help="zero-shot benchmark suites (CLIP_benchmark / DataComp task "
+                                                  "lists) over many models at once, resumable")
+    bench.add_argument("suite", help="a suite YAML (configs/suites/quick.yaml, datacomp.yaml, or your own)")
+    bench.add_argument("--model", dest="models", action="append", default=[], metavar="[LABEL=]SPEC",
+                       help="a run directory, an export directory, or an open_clip name[:pretrained file]; "
+                            "repeatable (models with equal preprocessing share one pass over each dataset)")
+    bench.add_argument("--out", default="benchmark_results", help="output directory (results.jsonl, tables, "
+                                                                  "per-model results.json); rerun to resume")
+    bench.add_argument("--tasks", default="", metavar="NAME,NAME", help="only these tasks of the suite")
+    bench.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
+    bench.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images (default 2)")
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--no-amp", dest="amp", action="store_false",
+                       help="fp32 on GPU too (default: bf16 autocast on CUDA; the CPU always runs fp32)")
+    bench.add_argument("--strict", action="store_true", help="a task whose data are absent is an error, not "
+                                                             "'missing'")
+    bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _add_overrides(bench)
 
     export = commands.add_parser("export", help="write a run's model as an open_clip checkpoint (image-text "
                                                 "models) or in mmpretrain's format (any towers)")
@@ -197,6 +216,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from mmpretrain.benchmark.runner import BenchmarkOptions, run_benchmark
+    from mmpretrain.benchmark.suite import load_suite
+    from mmpretrain.engine.dist import shutdown
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise ConfigError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    suite = load_suite(args.suite, args.overrides)
+    if args.tasks:
+        suite = suite.select([name.strip() for name in args.tasks.split(",") if name.strip()])
+    options = BenchmarkOptions(batch_size=args.batch_size, workers=args.workers, device=args.device,
+                               strict=args.strict, progress=args.progress, amp=args.amp)
+    out = Path(args.out)
+    try:
+        done = run_benchmark(suite, args.models, out, options)
+    finally:
+        shutdown()
+    if (out / "table.md").is_file():
+        print((out / "table.md").read_text(), end="")
+    if done["missing"]:
+        print(f"missing ({len(done['missing'])} of {len(suite.tasks)} tasks, data absent): "
+              f"{', '.join(done['missing'])} (see {out / 'missing.json'})")
+    print(f"results: {out / 'results.jsonl'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmpretrain.demo import run_demo
 
@@ -231,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)
-    commands = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
+    commands = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError, PermissionError) as e:

@@ -67,10 +67,7 @@ def export_model(source: Path, out: Path, layout: Optional[str] = None,
     if _is_non_empty(out) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
 
-    checkpoint_file = _resolve_checkpoint(source)
-    checkpoint = load_checkpoint(checkpoint_file)
-    model_config = _model_section(checkpoint, checkpoint_file)
-    loss_name = _loss_name(checkpoint, checkpoint_file)
+    checkpoint_file, checkpoint, model_config, loss_name = read_trained(source)
     reason = open_clip_cannot_hold(model_config, loss_name)
     layout = layout or ("open_clip" if reason is None else "mmpretrain")
     if layout == "open_clip" and reason is not None:
@@ -84,6 +81,16 @@ def export_model(source: Path, out: Path, layout: Optional[str] = None,
     else:
         _write_open_clip(checkpoint, checkpoint_file, model_config, out, formats or ("safetensors", "bin"))
     return out, layout
+
+
+def read_trained(source: Path) -> tuple[Path, dict[str, Any], dict[str, Any], str]:
+    """The newest intact checkpoint of a run directory (or a checkpoint file): its path, its contents, the run's
+    `model` section and `loss.name` (which decides the pair heads). Export and `mmpretrain benchmark` both start
+    here."""
+    checkpoint_file = _resolve_checkpoint(Path(source))
+    checkpoint = load_checkpoint(checkpoint_file)
+    return checkpoint_file, checkpoint, _model_section(checkpoint, checkpoint_file), _loss_name(checkpoint,
+                                                                                                checkpoint_file)
 
 
 def export_open_clip(source: Path, out: Path, formats: tuple[str, ...] = ("safetensors", "bin"),

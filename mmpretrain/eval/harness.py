@@ -25,6 +25,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mmpretrain.audio.config import AudioConfig
+from mmpretrain.eval.sources import FolderSource, ShardSource, Source
+from mmpretrain.eval.stream import StreamResult, stream_features
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.skips import SkipLedger
 from mmpretrain.errors import ConfigError, DataError, require
@@ -168,6 +170,8 @@ class EvalConfig:
     tasks: list[EvalTaskConfig] = field(default_factory=list)
     batch_size: int = 256
     every_steps: int = 0                # 0 = only at the end of training
+    # DataLoader workers that read and decode image sets (streamed: only features are kept); 0 reads in-process
+    workers: int = 2
 
     def validate(self) -> None:
         """Fail before any work is done when a task cannot run; each error names the task."""
@@ -180,6 +184,7 @@ class EvalConfig:
             seen.add((task.kind, task.name))
         require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
         require(self.every_steps >= 0, "eval.every_steps", self.every_steps, ">= 0 (0: only at the end)")
+        require(self.workers >= 0, "eval.workers", self.workers, ">= 0 (0: read in the evaluating process)")
 
 
 def task_templates(task: EvalTaskConfig) -> list[str]:
@@ -277,19 +282,65 @@ def _count_skips(task: EvalTaskConfig, skips: SkipLedger) -> float:
     return float(skipped)
 
 
+@dataclass
+class _Streamed:
+    """The one model the harness evaluates, as the streaming reader takes models (a label and the model)."""
+
+    model: EvalModel
+    label: str = "model"
+
+
+def _stream_source(task: EvalTaskConfig) -> Optional[Source]:
+    """The streaming reader of an image task (eval/stream.py: read and decoded in workers, only features
+    kept), or None for what only the in-memory readers handle: audio, class-level or folder retrieval."""
+    if task.kind == "zeroshot" and task.modality == "image":
+        return FolderSource(task.data, task.classnames) if is_folder(task.data) else ShardSource(
+            task.data, "zeroshot", task.classnames, task.label_key)
+    if (task.kind == "retrieval" and list(task.between) == ["image", "text"] and task.match_key is None
+            and not is_folder(task.data)):
+        return ShardSource(task.data, "retrieval")
+    return None
+
+
+def _stream(task: EvalTaskConfig, source: Source, model: EvalModel, inputs: EvalInputs, batch_size: int,
+            workers: int, device: str | torch.device, progress: bool) -> tuple[StreamResult, float]:
+    assert inputs.image_transform is not None  # checked with the task's modalities
+    result = stream_features(source, [_Streamed(model)], inputs.image_transform, batch_size, workers,
+                             torch.device(device), progress, f"{task.name} image", task.max_samples)
+    return result, _count_skips(task, result.skips)
+
+
 def _run_zeroshot(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, batch_size: int,
-                  device: str | torch.device, progress: bool) -> dict[str, float]:
+                  device: str | torch.device, progress: bool, workers: int = 0) -> dict[str, float]:
+    assert inputs.tokenizer is not None  # checked with the task's modalities
+    source = _stream_source(task)
+    if source is not None:
+        result, skipped = _stream(task, source, model, inputs, batch_size, workers, device, progress)
+        classifier = build_classifier(model, inputs.tokenizer, source.classnames, task_templates(task), batch_size,
+                                      device)
+        return {**zeroshot_metrics(result.features["model"], torch.tensor(result.labels), classifier),
+                "skipped": skipped}
     classified = modality(task.modality, inputs)
     data = load_zeroshot(task.data, task.classnames, task.label_key, task.max_samples, classified)
     skipped = _count_skips(task, data.skips)
-    assert inputs.tokenizer is not None  # checked with the task's modalities
     classifier = build_classifier(model, inputs.tokenizer, data.classnames, task_templates(task), batch_size, device)
     features = classified.encode(model, data.items, batch_size, device, progress, f"{task.name} {task.modality}")
     return {**zeroshot_metrics(features, torch.tensor(data.labels), classifier), "skipped": skipped}
 
 
 def _run_retrieval(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, batch_size: int,
-                   device: str | torch.device, progress: bool) -> dict[str, float]:
+                   device: str | torch.device, progress: bool, workers: int = 0) -> dict[str, float]:
+    source = _stream_source(task)
+    if source is not None:
+        assert inputs.tokenizer is not None  # checked with the task's modalities
+        result, skipped = _stream(task, source, model, inputs, batch_size, workers, device, progress)
+        texts = [caption for captions in result.captions for caption in captions]
+        owner = torch.tensor([i for i, captions in enumerate(result.captions) for _ in captions])
+        text_features = encode_texts(model, texts, inputs.tokenizer, batch_size, device, progress,
+                                     f"{task.name} text")
+        images = result.features["model"]
+        return {**cross_modal_metrics("image", images, torch.arange(len(images)), "text", text_features, owner),
+                "skipped": skipped}
     first, second = (modality(name, inputs) for name in task.between)
     data = load_retrieval(task.data, task.max_samples, (first, second), task.match_key)
     skipped = _count_skips(task, data.skips)
@@ -384,7 +435,9 @@ def run_eval(model: EvalModel, image_transform: Optional[ImageTransform], tokeni
         with torch.no_grad():
             for task in tqdm(config.tasks, desc="eval", disable=not progress):
                 try:
-                    metrics = runners[task.kind](model, inputs, task, config.batch_size, device, progress)
+                    metrics = runners[task.kind](model, inputs, task, config.batch_size, device, progress,
+                                                 **({"workers": config.workers} if task.kind != "compositional"
+                                                    else {}))
                 except Exception as err:  # noqa: BLE001 - one task's failure must not lose the others' results
                     if failures is None:
                         raise

@@ -2,7 +2,7 @@
 
 A `Source` is one evaluation set: its kind (zero-shot or retrieval), for zero-shot its class names and the
 templates its own files carry, and its samples split into `units` (a shard, or a slice of a file list). Units are
-small, picklable and listed in a fixed order, so the streaming reader (benchmark/stream.py) can hand them to
+small, picklable and listed in a fixed order, so the streaming reader (eval/stream.py) can hand them to
 DataLoader workers and ranks round-robin and put the features back in order afterwards: every rank and every
 worker count gives the same metrics.
 
@@ -185,9 +185,10 @@ class ClipBenchmarkSource(ShardSource):
 
 
 class FolderSource(Source):
-    """An image folder of class subfolders (ImageNet-style ``root/<class folder>/<image>``). Class indices follow
-    the sorted folder names; `classnames` (from a classnames file, one per line in that order) names them, else the
-    folder names are the class names."""
+    """An image folder of class subfolders (``root/<class folder>/<image>``). Without `classnames` the sorted folder
+    names are the classes. With them: folders named like classes take those classes (our eval sets, which may
+    hold some of the classes only); otherwise (ImageNet's synset folders) one class name per folder, in sorted
+    folder order, as a classnames file lists them."""
 
     def __init__(self, root: str, classnames: Sequence[str] = ()) -> None:
         super().__init__()
@@ -195,11 +196,16 @@ class FolderSource(Source):
         folders = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
         if not folders:
             raise DataError(f"{root}: no class subfolders (an image folder holds root/<class>/<image>)")
-        if classnames and len(classnames) != len(folders):
-            raise DataError(f"{root}: {len(folders)} class folders but {len(classnames)} class names (one per "
-                            f"folder, in sorted folder order)")
-        self.classnames = list(classnames) or folders
-        self.files = [(str(path), label) for label, folder in enumerate(folders)
+        names = list(classnames) or folders
+        if all(folder in names for folder in folders):
+            label_of = {folder: names.index(folder) for folder in folders}
+        elif len(names) == len(folders):
+            label_of = {folder: index for index, folder in enumerate(folders)}
+        else:
+            raise DataError(f"{root}: {len(folders)} class folders, {len(names)} class names, and the folders are not "
+                            f"named like the classes (give one class name per folder, in sorted folder order)")
+        self.classnames = names
+        self.files = [(str(path), label_of[folder]) for folder in folders
                       for path in sorted((Path(root) / folder).rglob("*"))
                       if path.is_file() and path.suffix.lower() in FOLDER_IMAGE_SUFFIXES]
 
