@@ -214,12 +214,13 @@ def _quiet_writer() -> Iterator[None]:
 def write_classification_set(root: Union[str, Path], n_classes: int = 10, per_class: int = 8,
                              sizes: Sequence[tuple[int, int]] = ((96, 72), (72, 96), (80, 80), (120, 90)),
                              seed: int = 0, image_format: str = "webp", detail: bool = False,
-                             max_count: int = 10_000, verbose: bool = False) -> Path:
+                             max_count: int = 10_000, verbose: bool = False,
+                             templates: Sequence[str] = TEMPLATES) -> Path:
     """A zero-shot classification set in CLIP_benchmark's layout at `root`, written by its own
     `convert_dataset` (split "test"; `max_count` images per shard)."""
     from clip_benchmark.webdataset_builder import convert_dataset
     root = Path(root)
-    dataset = ShapeClassification(n_classes, per_class, sizes, seed, image_format, detail)
+    dataset = ShapeClassification(n_classes, per_class, sizes, seed, image_format, detail, templates)
     with contextlib.nullcontext() if verbose else _quiet_writer():
         convert_dataset(dataset, "test", str(root), transform=None, image_format=image_format, max_count=max_count,
                         verbose=verbose)
