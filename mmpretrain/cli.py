@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|benchmark|export|demo|doctor|launch|write-shards|negatives`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|benchmark|report|export|demo|doctor|launch|write-shards|negatives`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from mmpretrain.config import RunConfig, load_config
 from mmpretrain.errors import ConfigError, DataError, StorageError
+from mmpretrain.report import cli as report_cli
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                                                              "'missing'")
     bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     _add_overrides(bench)
+
+    report_cli.add_parser(commands)
 
     export = commands.add_parser("export", help="write a run's model as an open_clip checkpoint (image-text "
                                                 "models) or in mmpretrain's format (any towers)")
@@ -276,7 +279,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Our own progress at INFO; libraries (open_clip logs through the root logger) only at WARNING and above.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mmpretrain").setLevel(logging.INFO)
-    commands = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
+    commands = {"train": cmd_train, "eval": cmd_eval, "benchmark": cmd_benchmark, "report": report_cli.run,
+                "export": cmd_export, "demo": cmd_demo, "doctor": cmd_doctor}
     try:
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError, PermissionError) as e:

@@ -24,17 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.report.names import safe_name  # the one rule the report uses to find details folders
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 # CLIP_benchmark's task names (its result files' "task" field)
 CB_TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval",
             "compositional": "compositional"}
-
-
-def safe_name(label: str) -> str:
-    """A model label or task name as a file name: anything outside [A-Za-z0-9._-] becomes '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label) or "_"
 
 
 def clip_benchmark_metrics(kind: str, flat: Mapping[str, float]) -> dict[str, float]:

@@ -26,12 +26,13 @@ import torch
 import torch.distributed as dist
 
 from mmpretrain.benchmark import results as out_files
+from mmpretrain.benchmark.classnames import load_classnames
 from mmpretrain.benchmark.models import BenchModel, load_bench_model
 from mmpretrain.eval.sources import (ClipBenchmarkSource, FolderSource, ShardSource, Source,
                                           decode_record_image, read_lines)
 from mmpretrain.eval.stream import StreamResult, fetch_records, stream_features
 from mmpretrain.benchmark.suite import Suite, SuiteTask, data_present
-from mmpretrain.engine.dist import detect_process, init_distributed
+from mmpretrain.engine.dist import broadcast, detect_process, init_distributed
 from mmpretrain.engine.local import resolve_device
 from mmpretrain.errors import ConfigError, DataError
 from mmpretrain.eval.harness import encode_texts
@@ -66,13 +67,9 @@ def _text_list(value: Any, what: str, task: SuiteTask) -> list[str]:
     if what == "templates" and str(value) in TEMPLATE_SETS:
         return get_templates(str(value))
     if what == "classnames":
-        try:
-            from mmpretrain.benchmark.classnames import load_classnames
-        except ImportError:
-            load_classnames = None
-        if load_classnames is not None:
-            return load_classnames(str(value))
-    raise ConfigError(f"task {task.name!r}: {what} {value!r} is neither a list, a file, nor a known name")
+        return load_classnames(str(value))  # a shipped list; an unknown name is a one-line error listing them
+    raise ConfigError(f"task {task.name!r}: templates {value!r} is neither a list, a file, nor a template set "
+                      f"({', '.join(sorted(TEMPLATE_SETS))})")
 
 
 def open_source(task: SuiteTask) -> Source:
@@ -106,7 +103,9 @@ class Benchmark:
         self.classifiers: dict[tuple[str, tuple[str, ...], tuple[str, ...]], torch.Tensor] = {}
 
     def run(self, missing: dict[str, str]) -> list[dict[str, Any]]:
-        done = out_files.done_pairs(self.out)
+        # Rank 0's view of what is done: every rank must walk the same (task, group) passes, as each is a
+        # collective, even where the output directory is not shared between nodes.
+        done = broadcast(out_files.done_pairs(self.out) if self.rank == 0 else None)
         lines: list[dict[str, Any]] = []
         for task in self.suite.tasks:
             if task.name in missing:
@@ -143,24 +142,27 @@ class Benchmark:
         if sum(result.skips.by_reason.values()):
             log.warning("task %s: skipped %s", task.name, _skip_summary(result))
         shared = (time.perf_counter() - start) / len(group)  # the pass is shared: each model's part of it
-        lines = []
+        lines, details = [], {}
         for model in group:
             model_start = time.perf_counter()
             if task.kind == "zeroshot":
-                flat, details = self._zeroshot(task, source, model, result)
+                flat, details[model.label] = self._zeroshot(task, source, model, result)
             else:
-                flat, details = self._retrieval(task, source, model, result)
+                flat, details[model.label] = self._retrieval(task, model, result)
             skipped = int(sum(result.skips.by_reason.values()))
             seconds = shared + time.perf_counter() - model_start
             line = out_files.result_line(model.label, model.spec, task.name, task.kind, {**flat,
                                          "skipped": float(skipped)}, task.main, self.suite.name,
                                          len(result.keys), skipped, seconds)
-            if self.rank == 0:
-                out_files.write_json(self.out / "details" / out_files.safe_name(model.label) /
-                                     f"{task.name}.json", details)
             lines.append(self._write(line))
             log.info("%s on %s: %s %.4f (%d samples, %.1f s)", model.label, task.name, task.main,
                      line["metrics"].get(task.main, float("nan")), len(result.keys), seconds)
+        if self.rank == 0:
+            if task.kind == "retrieval":
+                self._add_thumbnails(source, result, list(details.values()))
+            for label, detail in details.items():
+                out_files.write_json(self.out / "details" / out_files.safe_name(label) /
+                                     f"{out_files.safe_name(task.name)}.json", detail)
         return lines
 
     def _classifier(self, model: BenchModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -168,7 +170,7 @@ class Benchmark:
         if key not in self.classifiers:
             with torch.inference_mode():
                 self.classifiers[key] = build_classifier(model.model, model.tokenizer, classnames, templates,
-                                                         self.options.batch_size, self.device)
+                                                         self.text_batch, self.device)
         return self.classifiers[key]
 
     def _zeroshot(self, task: SuiteTask, source: Source, model: BenchModel, result: StreamResult
@@ -186,20 +188,27 @@ class Benchmark:
         confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
         return flat, {"kind": "zeroshot", "classnames": classnames, "confusion": confusion.tolist()}
 
-    def _retrieval(self, task: SuiteTask, source: Source, model: BenchModel, result: StreamResult
+    @property
+    def text_batch(self) -> int:
+        # Texts are short: large batches cost little memory, and each forward has a fixed cost (on a busy CPU,
+        # batches of 64 captions took 6x longer in all than one batch of 500).
+        return max(self.options.batch_size, 256)
+
+    def _retrieval(self, task: SuiteTask, model: BenchModel, result: StreamResult
                    ) -> tuple[dict[str, float], dict[str, Any]]:
         texts = [caption for captions in result.captions for caption in captions]
         owner = torch.tensor([i for i, captions in enumerate(result.captions) for _ in captions])
         with torch.inference_mode():
-            text_features = encode_texts(model.model, texts, model.tokenizer, self.options.batch_size, self.device)
+            text_features = encode_texts(model.model, texts, model.tokenizer, self.text_batch, self.device)
         image_features = result.features[model.label]
         flat = cross_modal_metrics("image", image_features, torch.arange(len(image_features)), "text",
                                    text_features, owner, ks=task.recall_k)
-        return flat, self._gallery(source, result, texts, owner, text_features, image_features)
+        return flat, self._gallery(result, texts, owner, text_features, image_features)
 
-    def _gallery(self, source: Source, result: StreamResult, texts: list[str], owner: torch.Tensor,
-                 text_features: torch.Tensor, image_features: torch.Tensor) -> dict[str, Any]:
-        """A few text queries (evenly spread), their top images, the right one marked: the report's gallery."""
+    def _gallery(self, result: StreamResult, texts: list[str], owner: torch.Tensor, text_features: torch.Tensor,
+                 image_features: torch.Tensor) -> dict[str, Any]:
+        """A few text queries (evenly spread), their top images, the right one marked: the report's gallery
+        (thumbnails added once for the whole group, `_add_thumbnails`)."""
         count = min(self.options.gallery_queries, len(texts))
         picks = [round(i * (len(texts) - 1) / max(count - 1, 1)) for i in range(count)]
         top = min(self.options.gallery_top, len(image_features))
@@ -209,12 +218,17 @@ class Benchmark:
             shown.update(best + [int(owner[index])])
             queries.append({"text": texts[index], "top": [result.keys[i] for i in best],
                             "correct": [result.keys[int(owner[index])]]})
-        thumbnails = {}
-        if self.rank == 0:
-            records = fetch_records(source, [result.addresses[i] for i in sorted(shown)])
-            for record in records.values():
-                thumbnails[record.key] = _thumbnail(record)
-        return {"kind": "retrieval", "modality": "image", "queries": queries, "thumbnails": thumbnails}
+        return {"kind": "retrieval", "modality": "image", "queries": queries, "shown": sorted(shown)}
+
+    @staticmethod
+    def _add_thumbnails(source: Source, result: StreamResult, galleries: list[dict[str, Any]]) -> None:
+        """The images the group's galleries show, read again once (a few per model) and made thumbnails."""
+        shown = sorted({i for gallery in galleries for i in gallery.pop("shown")})
+        records = fetch_records(source, [result.addresses[i] for i in shown])
+        thumbnails = {record.key: _thumbnail(record) for record in records.values()}
+        for gallery in galleries:
+            keys = {key for query in gallery["queries"] for key in query["top"] + query["correct"]}
+            gallery["thumbnails"] = {key: thumbnails[key] for key in sorted(keys) if key in thumbnails}
 
     def _compositional(self, task: SuiteTask, model: BenchModel) -> dict[str, Any]:
         from mmpretrain.eval.harness import EvalConfig, EvalTaskConfig, run_eval
@@ -254,13 +268,15 @@ def run_benchmark(suite: Suite, model_specs: Sequence[str], out: Path,
     options = options or BenchmarkOptions()
     if not model_specs:
         raise ConfigError("give at least one --model (a run directory, an export, or an open_clip name[:weights])")
-    missing = {task.name: why for task in suite.tasks if (why := data_present(task)) is not None}
-    if missing and options.strict:
-        first = next(iter(missing.items()))
-        raise DataError(f"--strict: {len(missing)} task(s) have no data, e.g. {first[0]}: {first[1]}")
     info = detect_process()
     init_distributed(info)
     rank = dist.get_rank() if dist.is_initialized() else 0  # also in a group its caller made
+    # Rank 0 decides which tasks are missing, so that all ranks run the same tasks
+    missing = broadcast({task.name: why for task in suite.tasks if (why := data_present(task)) is not None}
+                        if rank == 0 else None)
+    if missing and options.strict:
+        first = next(iter(missing.items()))
+        raise DataError(f"--strict: {len(missing)} task(s) have no data, e.g. {first[0]}: {first[1]}")
     device = resolve_device(options.device, info.local_rank)
     models = [load_bench_model(spec) for spec in model_specs]
     labels = [m.label for m in models]

@@ -148,6 +148,9 @@ def data_present(task: SuiteTask) -> Optional[str]:
     for item in needed:
         if not Path(item).exists():
             return f"{item} does not exist"
+    if task.format == "torchvision":
+        from mmpretrain.benchmark.sources_files import torchvision_data_missing
+        return torchvision_data_missing(str(task.dataset), task.path, task.split)
     if task.format == "clip_benchmark" and not (Path(task.path) / task.split / "nshards.txt").is_file():
         return f"{Path(task.path) / task.split / 'nshards.txt'} does not exist (CLIP_benchmark's layout)"
     return None

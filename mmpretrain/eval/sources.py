@@ -10,9 +10,10 @@ worker count gives the same metrics.
 missing caption) or of a shard that broke: one bad image costs one sample, counted with its reason, as in
 training. Image bytes are decoded in the worker that reads them (`decode_record_image`), never in the main process.
 
-Formats here: CLIP_benchmark's webdataset layout (`clip_benchmark`), our shard layout (`shards`: labels from a
-``.json`` field) and image folders of class subfolders (`folder`). torchvision datasets and Karpathy-split JSON
-are in sources_files.py. `SOURCES` maps each format name to its builder.
+Formats here: CLIP_benchmark's webdataset layout (`ClipBenchmarkSource`), our shard layout (`ShardSource`: labels
+from a ``.json`` field or a member) and image folders of class subfolders (`FolderSource`); torchvision datasets
+and Karpathy-split JSON are in benchmark/sources_files.py. `benchmark/runner.open_source` picks one by a suite
+task's format; the eval harness streams its image tasks through the first and the third.
 """
 
 from __future__ import annotations

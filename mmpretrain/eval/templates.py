@@ -42,6 +42,94 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
         "a photo of the large {}.",
         "a drawing of a {}.",
     ),
+    # Standard benchmark families (docs/BENCHMARKING.md, "Dataset formats", says which set suits which dataset).
+    # Our own short phrasings: a few per family, each naming what kind of picture it is.
+    "photo": (              # the default for everyday objects (CIFAR, STL-10, ImageNet-style sets)
+        "a photo of a {}.",
+        "a picture of the {}.",
+        "an image showing a {}.",
+        "a low-resolution photo of a {}.",
+        "a cropped photo of the {}.",
+    ),
+    "house-numbers": (      # SVHN: digits on buildings
+        "the house number {}.",
+        "a street sign showing the number {}.",
+        "the digit {} on a wall.",
+        "a photo of the number {}.",
+    ),
+    "clothing": (           # Fashion-MNIST
+        "a photo of a {}, a piece of clothing.",
+        "a grayscale picture of a {}.",
+        "a product photo of a {}.",
+        "a {} on a plain background.",
+    ),
+    "textures": (           # DTD
+        "a {} texture.",
+        "a close-up of a {} surface.",
+        "a {} pattern.",
+        "a material that looks {}.",
+    ),
+    "satellite": (          # EuroSAT, RESISC45
+        "a satellite image of {}.",
+        "an aerial photo of {}.",
+        "{}, seen from above.",
+        "a satellite view showing {}.",
+    ),
+    "traffic-signs": (      # GTSRB
+        "a road sign: {}.",
+        "a photo of the traffic sign \"{}\".",
+        "a close-up of a {} sign.",
+        "a street sign meaning {}.",
+    ),
+    "food": (               # Food-101
+        "a photo of {}, a dish.",
+        "a plate of {}.",
+        "{} served on a table.",
+        "a close-up of {}, a kind of food.",
+    ),
+    "pets": (               # Oxford-IIIT Pet
+        "a photo of a {}, a breed of pet.",
+        "a {} at home.",
+        "a close-up of a {}, a cat or dog breed.",
+    ),
+    "flowers": (            # Flowers-102
+        "a photo of a {}, a kind of flower.",
+        "a {} in bloom.",
+        "a close-up of a {} blossom.",
+    ),
+    "aircraft": (           # FGVC-Aircraft
+        "a photo of a {}, a model of aircraft.",
+        "a {} on the runway.",
+        "a {} flying in the sky.",
+    ),
+    "cars": (               # Stanford Cars
+        "a photo of a {}, a model of car.",
+        "a {} parked on the street.",
+        "a {} on the road.",
+    ),
+    "scenes": (             # SUN397
+        "a photo of a {}.",
+        "a view of a {}.",
+        "a picture taken in a {}.",
+        "a scene: {}.",
+    ),
+    "countries": (          # Country211 (geolocation)
+        "a photo taken in {}.",
+        "a picture from {}.",
+        "a street scene in {}.",
+        "a travel photo from {}.",
+    ),
+    "emotions": (           # FER2013
+        "a face that looks {}.",
+        "a {} facial expression.",
+        "a photo of someone looking {}.",
+        "a person who seems {}.",
+    ),
+    "sentiment": (          # Rendered SST2
+        "a {} movie review.",
+        "a review of a film that is {}.",
+        "text giving a {} opinion.",
+    ),
 }
 
 
