@@ -101,3 +101,29 @@ def test_two_models_in_one_call_equal_each_alone(inputs: dict[str, Path], tmp_pa
     # the two models differ, so sharing the pass did not hand one model's features to the other
     assert together[("a", cb.CLASSIFICATION)]["metrics"] != together[("b", cb.CLASSIFICATION)]["metrics"] or \
         together[("a", cb.RETRIEVAL)]["metrics"] != together[("b", cb.RETRIEVAL)]["metrics"]
+
+
+def test_the_eval_harness_equals_clip_benchmark_on_its_layout(inputs: dict[str, Path],
+                                                               reference: dict[str, dict[str, float]]) -> None:
+    """Training's evaluation (`run_eval`, streamed) on the same CLIP_benchmark-layout shards: the `.cls` member as
+    the label, the set's own classnames.txt and templates file, and the captions of its retrieval set."""
+    from mmpretrain.benchmark.models import load_bench_model
+    from mmpretrain.eval.harness import EvalConfig, EvalTaskConfig, run_eval
+    from mmpretrain.eval.sources import read_lines
+
+    model = load_bench_model(f"{cb.MODEL}:{inputs['model']}", "m")
+    root = inputs[cb.CLASSIFICATION]
+    config = EvalConfig(batch_size=16, workers=2, tasks=[
+        EvalTaskConfig(name="cls", kind="zeroshot", data=str(root / "test"), label_key="cls",
+                       classnames=read_lines(root / "classnames.txt"),
+                       templates=read_lines(root / "zeroshot_classification_templates.txt")),
+        EvalTaskConfig(name="ret", kind="retrieval", data=str(inputs[cb.RETRIEVAL] / "test"))])
+    ours = run_eval(model.model, model.transform, model.tokenizer, config, progress=False)
+    names = {"zeroshot/cls/top1": "acc1", "zeroshot/cls/top5": "acc5",
+             "zeroshot/cls/mean_per_class_recall": "mean_per_class_recall"}
+    for k in (1, 5, 10):
+        names[f"retrieval/ret/image_to_text_R@{k}"] = f"text_retrieval_recall@{k}"
+        names[f"retrieval/ret/text_to_image_R@{k}"] = f"image_retrieval_recall@{k}"
+    theirs = {**reference[cb.CLASSIFICATION], **reference[cb.RETRIEVAL]}
+    _compare({names[k]: v for k, v in ours.items() if k in names}, theirs, tuple(names.values()),
+             "eval harness (in-training evaluation) on CLIP_benchmark's layout")
