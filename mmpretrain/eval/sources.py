@@ -159,7 +159,12 @@ class ClipBenchmarkSource(ShardSource):
         if not nshards_file.is_file():
             raise FileNotFoundError(f"{nshards_file} does not exist (CLIP_benchmark's layout: "
                                     f"<root>/{split}/nshards.txt and {split}/0.tar ...)")
-        nshards = int(nshards_file.read_text().strip())
+        try:
+            nshards = int(nshards_file.read_text().strip())
+        except ValueError:
+            nshards = 0
+        if nshards < 1:
+            raise DataError(f"{nshards_file}: expected a positive shard count, got {nshards_file.read_text()[:40]!r}")
         type_file = base / "dataset_type.txt"
         declared = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
         found = "retrieval" if declared == "retrieval" else "zeroshot"
@@ -167,9 +172,8 @@ class ClipBenchmarkSource(ShardSource):
             raise DataError(f"{type_file}: dataset type {declared!r} is not supported (classification, retrieval)")
         if kind is not None and kind != found:
             raise DataError(f"{root} is a {declared} set (dataset_type.txt), the suite asks for {kind}")
-        shards = " ".join(str(base / split / f"{i}.tar") for i in range(nshards))
-        super().__init__(str(base / split / ("{0..%d}.tar" % (nshards - 1))) if nshards > 1
-                         else shards, found, label_key="cls", image_extensions=CLIP_BENCHMARK_IMAGES)
+        spec = base / split / ("{0..%d}.tar" % (nshards - 1) if nshards > 1 else "0.tar")  # numeric order, as theirs
+        super().__init__(str(spec), found, label_key="cls", image_extensions=CLIP_BENCHMARK_IMAGES)
         self.root = root
         if found == "zeroshot":
             names, templates = base / "classnames.txt", base / "zeroshot_classification_templates.txt"
