@@ -1,6 +1,8 @@
 """Load an eval set into memory: from WebDataset shards or from a plain folder of files.
 
-Eval sets are small (thousands of samples), so they are read once into lists and batched by the harness. What a
+Image zero-shot sets and image-text retrieval shards are streamed instead (eval/sources.py, eval/stream.py: read
+in workers, only features kept). What is read here, into lists batched by the harness, are the sets that stream
+does not cover yet: audio, class-level retrieval and retrieval folders. What a
 sample holds of each modality (an image, captions, an audio clip) is decoded by that modality's `Modality`
 (eval/modalities.py); this module only finds the samples, their labels and their members.
 

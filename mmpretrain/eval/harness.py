@@ -25,8 +25,6 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from mmpretrain.audio.config import AudioConfig
-from mmpretrain.eval.sources import FolderSource, ShardSource, Source
-from mmpretrain.eval.stream import StreamResult, stream_features
 from mmpretrain.data.shards import expand_shards
 from mmpretrain.data.skips import SkipLedger
 from mmpretrain.errors import ConfigError, DataError, require
@@ -36,6 +34,8 @@ from mmpretrain.eval.datasets import is_folder, load_retrieval, load_zeroshot
 from mmpretrain.eval.modalities import (MODALITIES, EvalInputs, ImageModality, ImageTransform, TextModality,
                                         modality)
 from mmpretrain.eval.retrieval import cross_modal_metrics
+from mmpretrain.eval.sources import FolderSource, ShardSource, Source
+from mmpretrain.eval.stream import StreamResult, stream_features
 from mmpretrain.eval.templates import get_templates
 from mmpretrain.eval.zeroshot import Tokenizer, build_classifier, zeroshot_metrics
 from mmpretrain.negatives.blind import cross_fitted_scorers
@@ -377,7 +377,9 @@ def set_blind_scorer(data: compositional.CompositionalData) -> compositional.Bli
 
 def _run_compositional(model: EvalModel, inputs: EvalInputs, task: EvalTaskConfig, batch_size: int,
                        device: str | torch.device, progress: bool,
-                       blind_scorer: Optional[compositional.BlindScorer] = None) -> dict[str, float]:
+                       blind_scorer: Optional[compositional.BlindScorer] = None, workers: int = 0
+                       ) -> dict[str, float]:
+    del workers  # compositional sets are small and read in memory: each image and caption is embedded once
     assert task.format is not None  # validated
     data = compositional.read_compositional(task.format, task.data, task.images, task.subsets, task.max_samples)
     if blind_scorer is None and task.blind:
@@ -436,8 +438,7 @@ def run_eval(model: EvalModel, image_transform: Optional[ImageTransform], tokeni
             for task in tqdm(config.tasks, desc="eval", disable=not progress):
                 try:
                     metrics = runners[task.kind](model, inputs, task, config.batch_size, device, progress,
-                                                 **({"workers": config.workers} if task.kind != "compositional"
-                                                    else {}))
+                                                 workers=config.workers)
                 except Exception as err:  # noqa: BLE001 - one task's failure must not lose the others' results
                     if failures is None:
                         raise
