@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TypeVar, Union
 
-from mmpretrain.data.safe_tar import DEFAULT_MAX_MEMBER_BYTES, ShardFailure, read_shards
+from mmpretrain.data.safe_tar import DEFAULT_MAX_MEMBER_BYTES, ShardFailure, read_shard
 from mmpretrain.data.shards import RawSample, expand_shards, read_shard_sizes
 from mmpretrain.data.skips import SampleSkipped, SkipEvent, SkipLedger
 from mmpretrain.eval.modalities import EvalInputs, ImageModality, Modality, TextModality
@@ -104,21 +104,32 @@ def _collect(attempts: Iterable[Union[Item, SkipEvent]], max_samples: int | None
     return usable, skips
 
 
-def _shard_attempts(spec: str, members: Collection[str], parse: Callable[[RawSample], Item],
-                    max_member_bytes: int) -> Iterator[Union[Item, SkipEvent]]:
-    """Each sample of the shard set parsed, or the SkipEvent of a sample `parse` refused or a shard that broke."""
-    shards = expand_shards(spec)
-    for item in read_shards(shards, members, sizes=read_shard_sizes(shards), max_member_bytes=max_member_bytes):
+def shard_attempts(shard: str, members: Collection[str], parse: Callable[[RawSample], Item],
+                   max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES, expected: Optional[int] = None
+                   ) -> Iterator[Union[Item, SkipEvent]]:
+    """Each sample of one shard parsed, or the SkipEvent of a sample `parse` refused or of the shard breaking
+    (`expected`, from sizes.json, says how many it lost). The streamed readers (eval/sources.py) read a shard at
+    a time through this too."""
+    for item in read_shard(shard, members, expected=expected, max_member_bytes=max_member_bytes):
         if isinstance(item, ShardFailure):
             yield SkipEvent(item.reason, item.shard, item.lost, f"{item.shard}: {item.detail}")
             continue
-        key, shard = str(item.get("__key__", "?")), str(item.get("__url__", "?"))
+        key = str(item.get("__key__", "?"))
         try:
             parsed = parse(item)
         except SampleSkipped as e:
             yield SkipEvent(e.reason, shard, 1, f"{key} in {shard}: {e.detail}", key)
         else:
             yield parsed
+
+
+def _shard_attempts(spec: str, members: Collection[str], parse: Callable[[RawSample], Item],
+                    max_member_bytes: int) -> Iterator[Union[Item, SkipEvent]]:
+    """`shard_attempts` over every shard of a shard spec."""
+    shards = expand_shards(spec)
+    sizes = read_shard_sizes(shards) or {}
+    for shard in shards:
+        yield from shard_attempts(shard, members, parse, max_member_bytes, sizes.get(shard))
 
 
 def resolve_label(value: Any, classnames: Sequence[str], label_key: str) -> int:

@@ -19,7 +19,7 @@ task's format; the eval harness streams its image tasks through the first and th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -27,11 +27,10 @@ from typing import Any, Optional, Union
 from PIL import Image
 
 from mmpretrain.data.decode import IMAGE_EXTENSIONS, decode_captions, first_member, load_rgb, open_image
-from mmpretrain.data.safe_tar import DEFAULT_MAX_MEMBER_BYTES, ShardFailure, read_shard
 from mmpretrain.data.shards import RawSample, expand_shards, read_shard_sizes
 from mmpretrain.data.skips import SampleSkipped, SkipEvent
 from mmpretrain.errors import DataError
-from mmpretrain.eval.datasets import _raw_label, resolve_label
+from mmpretrain.eval.datasets import _raw_label, resolve_label, shard_attempts
 
 # clip_benchmark's reader prefers webp, then png, jpg, jpeg (builder.build_wds_dataset); a sample holds one.
 CLIP_BENCHMARK_IMAGES = ("webp", "png", "jpg", "jpeg")
@@ -89,21 +88,6 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _shard_records(shard: str, members: frozenset[str], expected: Optional[int],
-                   parse: Callable[[RawSample], Record]) -> Read:
-    for item in read_shard(shard, members, expected=expected, max_member_bytes=DEFAULT_MAX_MEMBER_BYTES):
-        if isinstance(item, ShardFailure):
-            yield SkipEvent(item.reason, item.shard, item.lost, f"{item.shard}: {item.detail}")
-            continue
-        key = str(item.get("__key__", "?"))
-        try:
-            if item.get("__oversized__"):
-                raise SampleSkipped("member_too_large", item["__oversized__"])
-            yield parse(item)
-        except SampleSkipped as e:
-            yield SkipEvent(e.reason, shard, 1, f"{key} in {shard}: {e.detail}", key)
-
-
 def _image_bytes(raw: RawSample, extensions: Sequence[str]) -> bytes:
     data = first_member(raw, extensions)
     if data is None:
@@ -133,6 +117,8 @@ class ShardSource(Source):
         return frozenset(self.image_extensions + ("json", self.label_key.lower()))
 
     def _parse(self, raw: RawSample) -> Record:
+        if raw.get("__oversized__"):
+            raise SampleSkipped("member_too_large", raw["__oversized__"])
         key = str(raw.get("__key__", "?"))
         if self.kind == "retrieval":
             captions = decode_captions(raw.get("txt"))
@@ -141,7 +127,7 @@ class ShardSource(Source):
         return Record(key, _image_bytes(raw, self.image_extensions), label=label)
 
     def read(self, unit: str) -> Read:
-        return _shard_records(unit, self._members(), self.sizes.get(unit), self._parse)
+        return shard_attempts(unit, self._members(), self._parse, expected=self.sizes.get(unit))
 
     def describe(self) -> str:
         return f"{len(self.shards)} shards at {self.spec}"
