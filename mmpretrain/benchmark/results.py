@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmpretrain.engine.checkpoint import write_atomically
 from mmpretrain.report.names import safe_name  # the one rule the report uses to find details folders
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,7 @@ def done_pairs(out: Path) -> set[tuple[str, str]]:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -168,7 +168,8 @@ def model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     raise KeyError("not a training checkpoint (no model state dict)")
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` beside `path`, then renamed into place: `path` is old or whole, and no partial file stays."""
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -180,7 +181,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_save(state: Mapping[str, Any], path: Path) -> None:
     """Write `state` to `path` so a reader sees the old file set or the complete new file, never a part."""
-    _write_atomically(path, lambda tmp: torch.save(dict(state), tmp))
+    write_atomically(path, lambda tmp: torch.save(dict(state), tmp))
 
 
 def write_manifest(checkpoint: Path, step: int, digests: Mapping[str, Mapping[str, Any]]) -> Path:
@@ -189,7 +190,7 @@ def write_manifest(checkpoint: Path, step: int, digests: Mapping[str, Mapping[st
     files = {checkpoint.name: file_digest(checkpoint), **digests}
     text = json.dumps({"format": MANIFEST_FORMAT, "step": step, "files": files}, indent=1, sort_keys=True)
     manifest = manifest_path(checkpoint)
-    _write_atomically(manifest, lambda tmp: tmp.write_text(text))
+    write_atomically(manifest, lambda tmp: tmp.write_text(text))
     return manifest
 
 
