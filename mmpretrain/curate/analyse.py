@@ -59,10 +59,11 @@ def _prefilter_reason(prefilters: Sequence[Stage], caption: str, width: int, hei
     return None
 
 
-def read_and_prepare(batch: pa.Table, transform: Callable, pixel_shape: tuple[int, ...], with_text: bool,
+def read_and_prepare(batch: pa.Table, transform: Optional[Callable], pixel_shape: tuple[int, ...], with_text: bool,
                      prefilters: Sequence[Stage], rows_per_block: int, failures_dir: str,
                      limits: SampleLimits) -> Iterator[pa.Table]:
-    """Ray Data UDF over shard rows (group, shard): yields feature rows with their pixels, `rows_per_block` at a time."""
+    """Ray Data UDF over shard rows (group, shard): yields feature rows with their pixels, `rows_per_block` at a time.
+    Without a transform (no embed stage) images are only checked from their headers and no pixels are made."""
     pixel_size = int(np.prod(pixel_shape))
     for group, shard in zip(batch.column("group").to_pylist(), batch.column("shard").to_pylist()):
         expected = (read_shard_sizes([shard]) or {}).get(shard)
@@ -77,7 +78,7 @@ def read_and_prepare(batch: pa.Table, transform: Callable, pixel_shape: tuple[in
             if reason is None:
                 reason = _prefilter_reason(prefilters, caption, width, height)
             tensor = None
-            if reason is None:
+            if reason is None and transform is not None:
                 try:
                     tensor = np.asarray(transform(load_rgb(image)), dtype=np.float32)
                 except SampleSkipped as e:
@@ -87,12 +88,12 @@ def read_and_prepare(batch: pa.Table, transform: Callable, pixel_shape: tuple[in
                                 ("embed", tensor is not None)):
                 rows[name].append(value)
             pixels.append(tensor.reshape(-1) if tensor is not None else np.zeros(pixel_size, np.float32))
-            if len(pixels) >= rows_per_block:
-                yield _block(rows, pixels, pixel_size)
+            if len(rows["key"]) >= rows_per_block:
+                yield _block(rows, pixels, pixel_size, transform is not None)
                 rows = {k: [] for k in rows}
                 pixels = []
-        if pixels:
-            yield _block(rows, pixels, pixel_size)
+        if rows["key"]:
+            yield _block(rows, pixels, pixel_size, transform is not None)
 
 
 def _inspect(item: dict, with_text: bool, limits: SampleLimits) -> tuple[str, int, int, int, Optional[str], Any]:
@@ -111,15 +112,19 @@ def _inspect(item: dict, with_text: bool, limits: SampleLimits) -> tuple[str, in
     return caption, count, width, height, None, image
 
 
-def _block(rows: dict[str, list], pixels: list[np.ndarray], pixel_size: int) -> pa.Table:
+def _block(rows: dict[str, list], pixels: list[np.ndarray], pixel_size: int, with_pixels: bool) -> pa.Table:
     columns = {
         "group": pa.array(rows["group"], pa.int32()), "shard": pa.array(rows["shard"], pa.string()),
         "key": pa.array(rows["key"], pa.string()), "caption": pa.array(rows["caption"], pa.string()),
         "captions": pa.array(rows["captions"], pa.int16()), "width": pa.array(rows["width"], pa.int32()),
         "height": pa.array(rows["height"], pa.int32()), "read_reason": pa.array(rows["read_reason"], pa.string()),
         "embed": pa.array(rows["embed"], pa.bool_()),
-        "pixels": pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(pixels)), pixel_size),
     }
+    if with_pixels:
+        columns["pixels"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(pixels)), pixel_size)
+    else:  # no embed stage: the features table without embeddings
+        del columns["embed"]
+        columns["clip_score"] = pa.array(np.full(len(rows["key"]), np.nan, np.float32))
     return pa.table(columns)
 
 
@@ -201,29 +206,32 @@ def pixel_shape_of(transform: Callable) -> tuple[int, ...]:
     return tuple(np.asarray(transform(Image.new("RGB", (64, 64)))).shape)
 
 
-def analyse(items: list[dict[str, Any]], out: Path, embed: Embed, prefilters: Sequence[Stage], with_text: bool,
-            failures_dir: Path, num_actors: int, transform: Callable, limits: SampleLimits,
+def analyse(items: list[dict[str, Any]], out: Path, embed: Optional[Embed], prefilters: Sequence[Stage],
+            with_text: bool, failures_dir: Path, num_actors: int, transform: Optional[Callable], limits: SampleLimits,
             fault: Fault = Fault(), read_cpus: float = 1.0, actor_cpus: float = 1.0) -> None:
     """Run the analyse pipeline over `items` ({"group", "shard"}) and commit the features to `out` (a folder that
-    appears whole: written under a temporary name, then renamed)."""
+    appears whole: written under a temporary name, then renamed). Without an embed stage only the reading runs."""
+    import shutil
+
     import ray.data
 
-    shape = pixel_shape_of(transform)
+    shape = pixel_shape_of(transform) if transform is not None else (0,)
     tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     dataset = dataset.map_batches(
         read_and_prepare, batch_size=1, batch_format="pyarrow", num_cpus=read_cpus,
-        fn_kwargs=dict(transform=transform, pixel_shape=shape, with_text=with_text, prefilters=list(prefilters),
-                       rows_per_block=embed.rows_per_block, failures_dir=str(failures_dir), limits=limits))
-    dataset = dataset.map_batches(
-        Embedder, batch_size=embed.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=actor_cpus,
-        num_gpus=embed.gpus_per_actor or None,
-        fn_constructor_kwargs=dict(model_spec=embed.model, pixel_shape=shape, with_text=with_text,
-                                   threads=embed.threads_per_actor, use_gpu=embed.gpus_per_actor > 0, fault=fault))
+        fn_kwargs=dict(transform=transform if embed is not None else None, pixel_shape=shape, with_text=with_text,
+                       prefilters=list(prefilters), rows_per_block=embed.rows_per_block if embed else 1024,
+                       failures_dir=str(failures_dir), limits=limits))
+    if embed is not None:
+        dataset = dataset.map_batches(
+            Embedder, batch_size=embed.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=actor_cpus,
+            num_gpus=embed.gpus_per_actor or None,
+            fn_constructor_kwargs=dict(model_spec=embed.model, pixel_shape=shape, with_text=with_text,
+                                       threads=embed.threads_per_actor, use_gpu=embed.gpus_per_actor > 0,
+                                       fault=fault))
     dataset.write_parquet(str(tmp))
     tmp.mkdir(parents=True, exist_ok=True)  # a wave whose shards held no sample writes no file
     os.replace(tmp, out)

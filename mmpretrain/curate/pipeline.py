@@ -180,9 +180,15 @@ def _shares(embed: Embed) -> tuple[int, float, float]:
 
 
 def _transform(embed: Embed):
+    """The model's eval transform, loading the model once here: a bad `model` fails before any Ray work."""
     from mmpretrain.benchmark.models import load_bench_model
 
-    return load_bench_model(embed.model, label="curate").transform
+    try:
+        return load_bench_model(embed.model, label="curate").transform
+    except ConfigError as e:
+        raise ConfigError(f"embed: {str(e).replace('--model ', 'model ')}"
+                          + (" (train it first: `mmpretrain demo`)" if embed.model.rstrip("/") == "runs/demo" else "")
+                          ) from None
 
 
 def _eval_dir(layout: Layout, spec: str) -> Path:
@@ -218,16 +224,15 @@ def curate(config: CurateConfig, address: Optional[str] = None, restart: bool = 
     limits = SampleLimits(max_member_bytes=config.max_member_bytes, max_pixels=SampleLimits().max_pixels, min_side=1,
                           max_aspect_ratio=float("inf"))
     seconds: dict[str, float] = {}
+    waves = [groups[i:i + config.wave_groups] for i in range(0, len(groups), config.wave_groups)]
+    pending = [(i, wave) for i, wave in enumerate(waves) if not (layout.features / f"wave-{i:05d}").is_dir()]
+    needs_model = bool(pending) or any(not _eval_dir(layout, spec).is_dir() for spec in _eval_specs(config.stages))
+    transform = _transform(embed) if embed is not None and needs_model else None
     with ray_session(config.ray, address):
         ray.data.DataContext.get_current().enable_progress_bars = progress
         started = time.monotonic()
-        waves = [groups[i:i + config.wave_groups] for i in range(0, len(groups), config.wave_groups)]
-        pending = [(i, wave) for i, wave in enumerate(waves) if not (layout.features / f"wave-{i:05d}").is_dir()]
-        if pending or any(not _eval_dir(layout, spec).is_dir() for spec in _eval_specs(config.stages)):
-            if embed is None:
-                raise ConfigError("curate: these stages need an 'embed' stage")  # parse_stages checks; belt and braces
-            actors, actor_cpus, read_cpus = _shares(embed)
-            transform = _transform(embed)
+        if pending or needs_model:
+            actors, actor_cpus, read_cpus = _shares(embed) if embed is not None else (0, 1.0, 1.0)
             fault = Fault.from_env()
             for done, (index, wave) in enumerate(pending, 1):
                 first = sum(len(w) for w in waves[:index])
@@ -242,8 +247,6 @@ def curate(config: CurateConfig, address: Optional[str] = None, restart: bool = 
                     items = [{"group": -1, "shard": s} for s in expand_shards(spec)]
                     analyse(items, _eval_dir(layout, spec), embed, [], False, layout.work / "eval-failures", actors,
                             transform, limits, fault, read_cpus, actor_cpus)
-        elif not pending and embed is None:
-            pass
         seconds["analyse"] = time.monotonic() - started
         parts = sorted(str(p) for p in layout.features.glob("wave-*/*.parquet"))
         started = time.monotonic()

@@ -199,3 +199,25 @@ def test_cli_bad_config_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "mmpretrain curate: error: c.yaml: stages[1] (dedup): clusters, kmeans_sample and kmeans_iterations must "
         "be >= 1"]
+
+
+def test_without_an_embed_stage_only_reading_runs_and_balance_decides(data, local_ray, tmp_path):
+    root, planted = data
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "inputs": [str(root / "in")], "output": str(tmp_path / "out"), "ray": {"num_cpus": 2},
+        "stages": [{"type": "basic_filter", "min_caption_words": 2},
+                   {"type": "balance", "entries": ["dog", "cat"], "per_entry": 5},
+                   {"type": "write", "samples_per_shard": 100}]}))
+    summary = curate(load_curate_config(config), progress=False)
+    table = decisions(tmp_path / "out")
+    assert "image_emb" not in pads.dataset(tmp_path / "out/work/features").schema.names
+    kept_captions = [r["caption"] for r in table.values() if r["kept"]]
+    for entry in ("dog", "cat"):  # a caption may name both: each entry keeps about per_entry of its own
+        assert sum(entry in c.split() for c in kept_captions) <= 5 + sum(
+            ("dog" in c.split()) and ("cat" in c.split()) for c in kept_captions)
+    assert summary["dropped"]["balance"]["no_entry_match"] == sum(
+        1 for r in table.values() if r["reason"] == "no_entry_match")
+    assert all(not any(w in ("dog", "cat") for w in r["caption"].split())
+               for r in table.values() if r["reason"] == "no_entry_match")
+    assert sorted(read_output_keys(tmp_path / "out/shards")) == sorted(k for (_, k), r in table.items() if r["kept"])
