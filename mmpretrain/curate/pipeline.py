@@ -143,6 +143,8 @@ def ray_session(resources: RayResources, address: Optional[str]) -> Iterator[Non
         ray.init(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, include_dashboard=False,
                  object_store_memory=resources.object_store_mb * 2**20 if resources.object_store_mb else None,
                  logging_level=logging.WARNING)
+    # Ray Data's per-execution INFO lines repeat what its progress bars show; warnings and errors still print.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         yield
     finally:

@@ -221,3 +221,22 @@ def test_without_an_embed_stage_only_reading_runs_and_balance_decides(data, loca
     assert all(not any(w in ("dog", "cat") for w in r["caption"].split())
                for r in table.values() if r["reason"] == "no_entry_match")
     assert sorted(read_output_keys(tmp_path / "out/shards")) == sorted(k for (_, k), r in table.items() if r["kept"])
+
+
+def test_address_joins_a_cluster_and_a_local_ray_gets_the_configured_resources(monkeypatch):
+    import ray
+
+    from mmpretrain.curate.config import RayResources
+    from mmpretrain.curate.pipeline import ray_session
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    with ray_session(RayResources(num_cpus=3, object_store_mb=100), address="auto"):
+        pass
+    with ray_session(RayResources(num_cpus=3, object_store_mb=100), address=None):
+        pass
+    assert calls[0]["address"] == "auto" and "num_cpus" not in calls[0]   # a cluster's resources are its own
+    assert calls[2]["num_cpus"] == 3 and calls[2]["object_store_memory"] == 100 * 2**20
+    assert calls[2]["include_dashboard"] is False and calls[1] == calls[3] == "shutdown"
