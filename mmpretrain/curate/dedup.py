@@ -158,7 +158,7 @@ class Dedup(Stage):
         return {"clusters": int(len(centroids)), "kmeans_points": min(total, self.kmeans_sample)}
 
     def apply(self, table: pa.Table) -> StageResult:
-        if self.similarities_file is None:
+        if self.similarities_file is None or not Path(self.similarities_file).is_dir():  # nothing survived to it
             return StageResult([None] * table.num_rows)
         groups = pa.compute.unique(table.column("group")).to_pylist()
         found = pads.dataset(self.similarities_file, partitioning="hive").to_table(
