@@ -1,4 +1,4 @@
-"""`mmpretrain train|eval|benchmark|report|export|demo|doctor|launch|write-shards|negatives`: parse, load the config, call one function."""
+"""`mmpretrain train|eval|benchmark|report|export|demo|doctor|launch|write-shards|negatives|curate`: parse, load the config, call one function."""
 
 from __future__ import annotations
 
@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                                       "(N processes); see `mmpretrain launch --help`")
     commands.add_parser("write-shards", help="write WebDataset shards from a folder or a CSV/JSONL/Parquet "
                                             "manifest; see `mmpretrain write-shards --help`")
+    commands.add_parser("curate", help="curate shard sets on Ray (filters, CLIP score, MetaCLIP balancing, SemDeDup, "
+                                      "decontamination, negatives); see `mmpretrain curate --help`")
     commands.add_parser("negatives", help="preview rule-based hard-negative captions of a caption file or shards, "
                                          "with per-type counts and blind accuracy; see `mmpretrain negatives --help`")
 
@@ -263,7 +265,7 @@ _LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank=\d+$")
 # Commands with a parser of their own, in the repository's launch/ and data_tools/ folders (installed as these
 # modules). They are imported only when called: the library proper never imports them (ARCHITECTURE.md).
 _DELEGATED = {"launch": "mmpretrain.launch.cli", "write-shards": "mmpretrain.data_tools.write_shards",
-              "negatives": "mmpretrain.data_tools.negatives"}
+              "negatives": "mmpretrain.data_tools.negatives", "curate": "mmpretrain.data_tools.curate"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
