@@ -14,6 +14,10 @@
 - "leak_exact" / "leak_near" (`leak`): every image of the sets the demo's zero-shot tasks evaluate on
   (digits_val, shapes_single_val), each once, with its caption: `near_leak_fraction` of them as near copies.
 
+The demo data has such faults of its own: a base sample whose image is byte-identical to an evaluation image has
+`natural: "exact_leak"`, and one identical to an earlier base image `natural: "exact_duplicate"` with `natural_of`
+(the output key of the first); its kind is still what was done to it here ("clean" or "swapped").
+
 Output keys are opaque (`n000000`...) and the samples shuffled, so neither names nor order tell the kinds apart;
 `source` in truth.json is "set/key" of the input sample the image comes from. Everything but perturbed images is
 copied member by member as bytes. The same inputs and seed write the same bytes.
@@ -110,6 +114,7 @@ def make_noisy_demo(data_root: Path, out: Path, seed: int = 0, swap_fraction: fl
     summary stored in truth.json (everything but the per-sample table)."""
     data_root, out = Path(data_root), Path(out)
     base = [s for name in BASE_SETS for s in _read_set(data_root / name, name)]
+    evals = [s for name in EVAL_SETS for s in _read_set(data_root / name, name)]
     n_base = len(base)
     n_swap, n_dup = round(swap_fraction * n_base), round(duplicate_fraction * n_base)
     if not 0 <= n_swap + n_dup <= n_base:
@@ -124,10 +129,18 @@ def make_noisy_demo(data_root: Path, out: Path, seed: int = 0, swap_fraction: fl
 
     # A record: the members to write, its kind, the base index it copies (duplicates), the caption's donor.
     records: list[dict[str, Any]] = [{"members": s["members"], "kind": "clean", "source": s["source"]} for s in base]
+    eval_images, first = {s["members"][_image_ext(s["members"])] for s in evals}, {}
+    for i, s in enumerate(base):
+        image = s["members"][_image_ext(s["members"])]
+        if image in eval_images:
+            records[i]["natural"] = "exact_leak"
+        elif image in first:
+            records[i].update(natural="exact_duplicate", natural_of_index=first[image])
+        first.setdefault(image, i)
     for i in swapped:
         donor = _donor(i, groups[base[i]["source"].split("/")[0]], masks, rng)
-        records[i] = {"members": {**base[i]["members"], "txt": base[donor]["members"]["txt"]}, "kind": "swapped",
-                      "source": base[i]["source"], "caption_source": base[donor]["source"]}
+        records[i].update(members={**base[i]["members"], "txt": base[donor]["members"]["txt"]}, kind="swapped",
+                          caption_source=base[donor]["source"])
     originals = rng.sample(clean, n_dup)
     for j, i in enumerate(originals):
         exact = j < (n_dup + 1) // 2
@@ -135,7 +148,6 @@ def make_noisy_demo(data_root: Path, out: Path, seed: int = 0, swap_fraction: fl
         records.append({"members": members, "kind": "exact_duplicate" if exact else "near_duplicate",
                         "source": base[i]["source"], "of_index": i})
     if leak:
-        evals = [s for name in EVAL_SETS for s in _read_set(data_root / name, name)]
         n_near = round(near_leak_fraction * len(evals))
         near = set(rng.sample(range(len(evals)), n_near))
         for j, s in enumerate(evals):
@@ -152,18 +164,19 @@ def make_noisy_demo(data_root: Path, out: Path, seed: int = 0, swap_fraction: fl
             ext = _image_ext(members)
             extra = {k: v for k, v in members.items() if k not in (ext, "txt")}
             writer.write(keys[r], members[ext], ext, members["txt"].decode("utf-8"), None, extra)
-            truth = {k: v for k, v in record.items() if k not in ("members", "of_index")}
-            if "of_index" in record:
-                truth["of"] = keys[record["of_index"]]
+            truth = {k: v for k, v in record.items() if k != "members" and not k.endswith("_index")}
+            truth.update({k[:-len("_index")]: keys[v] for k, v in record.items() if k.endswith("_index")})
             samples[keys[r]] = truth
     summary = {"seed": seed, "swap_fraction": swap_fraction, "duplicate_fraction": duplicate_fraction,
                "leak": leak, "near_leak_fraction": near_leak_fraction, "base_samples": n_base,
                "total": len(records), "counts": {k: n for k, n in sorted(Counter(r["kind"] for r in records).items())},
+               "natural": dict(sorted(Counter(r["natural"] for r in records if "natural" in r).items())),
                "shards": [p.name for p in writer.shards]}
     (out / TRUTH_FILE).write_text(json.dumps({**summary, "samples": samples}, indent=0, sort_keys=True) + "\n")
     return summary
 
 
 def load_truth(out: Path) -> dict[str, Any]:
-    """truth.json of a noisy set: the summary plus `samples`, key -> {kind, source, [of], [caption_source]}."""
+    """truth.json of a noisy set: the summary plus `samples`, key -> {kind, source, [of], [caption_source],
+    [natural], [natural_of]}."""
     return json.loads((Path(out) / TRUTH_FILE).read_text())

@@ -27,7 +27,8 @@ def _png(image: Image.Image) -> bytes:
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo root: the demo's four sets that the noisy set reads, a few dozen samples each."""
+    """A small demo root: the demo's four sets that the noisy set reads, a few dozen samples each. Training digit 0
+    has the image of validation digit 0, and training digit 2 that of training digit 1 (faults of the data itself)."""
     root = tmp_path_factory.mktemp("demo")
     rng = random.Random(0)
     for name, n in SIZES.items():
@@ -36,7 +37,8 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 key, sound = f"{name.replace('_', '')}{i:04d}", rng.randbytes(64)
                 if name.startswith("digits"):
                     label = i % 10
-                    pixels = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                    image_seed = i if name == "digits_val" else {0: 0, 2: 1001}.get(i, 1000 + i)
+                    pixels = np.random.default_rng(image_seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
                     writer.write(key, _png(Image.fromarray(pixels)), "png", [f"the number {label}", f"a {label}"],
                                  {"label": label, "dataset": "digits"}, extra={"flac": sound})
                 else:
@@ -147,3 +149,13 @@ def test_no_leak_and_refusals(demo_root: Path, tmp_path: Path) -> None:
         make_noisy_demo(demo_root, tmp_path / "b", swap_fraction=0.8, duplicate_fraction=0.3)
     with pytest.raises(FileExistsError):
         make_noisy_demo(demo_root, tmp_path / "a", leak=False)
+
+
+def test_faults_of_the_data_itself_are_marked(noisy: Path) -> None:
+    truth = load_truth(noisy)
+    natural = {t["source"]: t for t in truth["samples"].values() if "natural" in t}
+    assert set(natural) == {"digits_train/digitstrain0000", "digits_train/digitstrain0002"}
+    assert natural["digits_train/digitstrain0000"]["natural"] == "exact_leak"
+    dup = natural["digits_train/digitstrain0002"]
+    assert dup["natural"] == "exact_duplicate" and truth["samples"][dup["natural_of"]]["source"].endswith("0001")
+    assert truth["natural"] == {"exact_duplicate": 1, "exact_leak": 1}
