@@ -52,10 +52,10 @@ def mmpretrain(*args: str) -> None:
 
 
 def make_noisy(data_root: Path, work: Path, seed: int, reuse: bool) -> Path:
-    from mmpretrain.curate.noisy_demo import TRUTH_FILE, make_noisy_demo
+    from mmpretrain.curate.noisy_demo import TRUTH_FILE, load_truth, make_noisy_demo
 
     noisy = work / "noisy"
-    if reuse and (noisy / TRUTH_FILE).is_file():
+    if reuse and (noisy / TRUTH_FILE).is_file() and load_truth(noisy).get("seed") == seed:
         return noisy
     shutil.rmtree(noisy, ignore_errors=True)
     summary = make_noisy_demo(data_root, noisy, seed=seed)
@@ -146,30 +146,41 @@ def _fraction(n: int, d: int) -> float | None:
     return n / d if d else None
 
 
+def category(t: dict[str, Any]) -> str:
+    """What a sample is for scoring: its kind, except that the demo data's own exact duplicates and copies of
+    evaluation images (`natural` in truth.json) are counted apart from the clean samples."""
+    return f"natural_{t['natural']}" if "natural" in t and t["kind"] == "clean" else t["kind"]
+
+
 def score(truth: dict[str, dict[str, Any]], decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The decisions measured against truth.json (keys -> {kind, source, of...})."""
+    """The decisions measured against truth.json (keys -> {kind, source, of, natural, natural_of...})."""
     if set(truth) != set(decisions):
         raise ValueError(f"decisions cover {len(set(truth) & set(decisions))} of {len(truth)} samples "
                          f"(+{len(set(decisions) - set(truth))} unknown keys)")
     kept = {k: bool(d["kept"]) for k, d in decisions.items()}
     by_kind: dict[str, list[str]] = {}
     for key, t in truth.items():
-        by_kind.setdefault(t["kind"], []).append(key)
+        by_kind.setdefault(category(t), []).append(key)
     result: dict[str, Any] = {"kept": sum(kept.values()), "total": len(kept)}
     for kind, keys in sorted(by_kind.items()):
         result[f"{kind}/removed"] = _fraction(sum(not kept[k] for k in keys), len(keys))
         result[f"{kind}/reasons"] = dict(Counter(str(decisions[k]["reason"]) for k in keys if not kept[k]))
-    # A duplicate pair is resolved when at most one copy survives; an original removed while its copy stays is
-    # no lost content, so "clean lost" counts only clean samples of which no copy was kept.
-    copies = {t["of"]: k for k, t in truth.items() if "of" in t}
-    for kind in ("exact_duplicate", "near_duplicate"):
-        pairs = [(t["of"], k) for k, t in truth.items() if t["kind"] == kind]
+    # A duplicate pair is resolved when at most one copy survives. An original removed while a copy of it stays
+    # is no lost content, so "clean lost" counts the clean samples of which no copy (injected or the data's own,
+    # with its caption) was kept.
+    def original(key: str) -> str:
+        while (parent := truth[key].get("of") or truth[key].get("natural_of")) is not None:
+            key = parent
+        return key
+
+    content_kept = {original(k) for k, t in truth.items() if kept[k] and t["kind"] != "swapped"}
+    for kind in ("exact_duplicate", "near_duplicate", "natural_exact_duplicate"):
+        pairs = [(t.get("of") or t["natural_of"], k) for k in by_kind.get(kind, []) for t in [truth[k]]]
         result[f"{kind}/pairs_resolved"] = _fraction(sum(not (kept[a] and kept[b]) for a, b in pairs), len(pairs))
         result[f"{kind}/pairs_both_removed"] = _fraction(sum(not kept[a] and not kept[b] for a, b in pairs),
                                                          len(pairs))
     clean = by_kind.get("clean", [])
-    result["clean/lost"] = _fraction(sum(not kept[k] and not kept.get(copies.get(k, k), False) for k in clean),
-                                     len(clean))
+    result["clean/lost"] = _fraction(sum(not kept[k] and original(k) not in content_kept for k in clean), len(clean))
     result["tradeoff"] = tradeoff(truth, decisions)
     return result
 
@@ -179,7 +190,7 @@ def tradeoff(truth: dict[str, dict[str, Any]], decisions: dict[str, dict[str, An
     (AUC: P[clean scores above swapped]) and the fraction of swapped samples below the threshold that removes
     5, 10 or 20% of the clean ones."""
     scored = {k: d.get("clip_score") for k, d in decisions.items() if d.get("clip_score") is not None}
-    clean = sorted(v for k, v in scored.items() if truth[k]["kind"] == "clean")
+    clean = sorted(v for k, v in scored.items() if category(truth[k]) == "clean")
     swapped = sorted(v for k, v in scored.items() if truth[k]["kind"] == "swapped")
     if not clean or not swapped:
         return {}
@@ -207,11 +218,13 @@ def summarise(rows: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, f
 
 def print_curation(m: dict[str, Any]) -> None:
     print(f"\ncuration: kept {m['kept']} of {m['total']}")
-    for kind in ("swapped", "clean", "exact_duplicate", "near_duplicate", "leak_exact", "leak_near"):
+    for kind in ("swapped", "clean", "exact_duplicate", "near_duplicate", "leak_exact", "leak_near",
+                 "natural_exact_duplicate", "natural_exact_leak"):
         if f"{kind}/removed" in m:
             extra = f"  lost {m['clean/lost']:.3f}" if kind == "clean" else ""
-            extra += (f"  pairs resolved {m[f'{kind}/pairs_resolved']:.3f}" if f"{kind}/pairs_resolved" in m else "")
-            print(f"  {kind:16s} removed {m[f'{kind}/removed']:.3f}{extra}  {m[f'{kind}/reasons']}")
+            extra += (f"  pairs resolved {m[f'{kind}/pairs_resolved']:.3f}"
+                      if m.get(f"{kind}/pairs_resolved") is not None else "")
+            print(f"  {kind:23s} removed {m[f'{kind}/removed']:.3f}{extra}  {m[f'{kind}/reasons']}")
     t = m.get("tradeoff")
     if t:
         print(f"  scorer: AUC {t['auc']:.3f}; swapped removed at clean loss 5/10/20%: "
@@ -229,8 +242,9 @@ def main() -> int:
     parser.add_argument("--top-fraction", type=float, default=0.7,
                         help="share of the deduplicated, decontaminated samples the CLIP-score filter keeps")
     parser.add_argument("--min-score", type=float, default=None, help="a CLIP-score threshold instead")
-    parser.add_argument("--dedup-threshold", type=float, default=0.95)
-    parser.add_argument("--contamination-threshold", type=float, default=0.95)
+    parser.add_argument("--dedup-threshold", type=float, default=0.999,
+                        help="SemDeDup cosine; at the scorer's resolution only exact copies separate from clean")
+    parser.add_argument("--contamination-threshold", type=float, default=0.999, help="(see --dedup-threshold)")
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs for curate")
     parser.add_argument("--decisions", type=Path, help="score this decisions folder instead of running curate "
                                                        "(no training runs but raw)")
@@ -250,7 +264,7 @@ def main() -> int:
     data_root, work = args.data_root.resolve(), args.work.resolve()
     noisy = make_noisy(data_root, work, args.noise_seed, args.reuse)
     truth = load_truth(noisy)["samples"]
-    clean_keys = sorted(k for k, t in truth.items() if t["kind"] == "clean")
+    clean_keys = sorted(k for k, t in truth.items() if category(t) == "clean")
     scorer_keys = set(random.Random(f"scorer-{args.noise_seed}").sample(clean_keys, args.scorer_samples))
     scorer_data = work / "scorer-clean"
     if not (args.reuse and (scorer_data / "sizes.json").is_file()):
