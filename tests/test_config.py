@@ -79,10 +79,13 @@ def test_saved_config_reloads_identically(tmp_path):
 
 def test_every_shipped_config_loads():
     from mmpretrain.benchmark.suite import load_suite
+    from mmpretrain.curate.config import load_curate_config
 
     for path in sorted(Path("configs").rglob("*.yaml")):
         if "suites" in path.parts:  # benchmark suites, not run configs
             assert load_suite(path).tasks
+        elif "curation" in path.parts:  # `mmpretrain curate` configs
+            assert load_curate_config(path).stages
         elif "deepspeed" not in path.parts:
             load_config(path)
 

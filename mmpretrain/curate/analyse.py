@@ -29,11 +29,13 @@ import pyarrow as pa
 from mmpretrain.curate.stages import Embed, Stage
 from mmpretrain.curate.table import EMBEDDING, embedding_array
 from mmpretrain.data.decode import IMAGE_EXTENSIONS, decode_captions, first_member, load_rgb, open_image
-from mmpretrain.data.safe_tar import ShardFailure, read_shard
+from mmpretrain.data.safe_tar import EVERY_MEMBER, ShardFailure, read_shard
 from mmpretrain.data.shards import read_shard_sizes
 from mmpretrain.data.skips import SampleLimits, SampleSkipped
 
-MEMBERS = (*IMAGE_EXTENSIONS, "txt")
+# Every member is read (under the size cap): a sample with any oversized member is dropped here, so the write
+# phase, which copies every member, never meets one.
+MEMBERS = EVERY_MEMBER
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,10 @@ def read_and_prepare(batch: pa.Table, transform: Optional[Callable], pixel_shape
                 _record_failure(failures_dir, item)
                 continue
             caption, count, width, height, reason, image = _inspect(item, with_text, limits)
-            if reason is None:
-                reason = _prefilter_reason(prefilters, caption, width, height)
+            # A sample the leading filters will drop is not decoded; the decide phase drops it, under its stage.
+            dropped_early = reason is None and _prefilter_reason(prefilters, caption, width, height) is not None
             tensor = None
-            if reason is None and transform is not None:
+            if reason is None and not dropped_early and transform is not None:
                 try:
                     tensor = np.asarray(transform(load_rgb(image)), dtype=np.float32)
                 except SampleSkipped as e:

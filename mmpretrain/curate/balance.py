@@ -67,6 +67,7 @@ def uniform(seed: int, shard: str, key: str, entry: int) -> float:
 @dataclass
 class Balance(Stage):
     per_sample: ClassVar[bool] = False
+    score_columns: ClassVar[tuple[str, ...]] = ("entries_matched",)
     entries: Any = None                     # a list of strings, or the path of a file with one entry per line
     per_entry: int = 20000                  # MetaCLIP's t (20k for 400M, 170k for 2.5B)
     whole_words: bool = True
@@ -117,8 +118,9 @@ class Balance(Stage):
                 reasons.append(None if self.keep_unmatched else "no_entry_match")
             else:
                 reasons.append(None if self.keep(shard, key, matched) else "balance")
-        return StageResult(reasons, {"entries_matched": np.array(entries_matched, np.int32)})
+        return StageResult(reasons, {"entries_matched": np.array(entries_matched, np.float32)})
 
     def describe(self) -> dict[str, Any]:
-        return {"type": self.type, "entries": len(self._entries), "per_entry": self.per_entry,
+        digest = hashlib.sha256("\n".join(self._entries).encode()).hexdigest()[:16]  # the contents, not the path
+        return {"type": self.type, "entries": len(self._entries), "entries_sha256": digest, "per_entry": self.per_entry,
                 "whole_words": self.whole_words, "keep_unmatched": self.keep_unmatched, "seed": self.seed}

@@ -19,7 +19,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmpretrain.curate.stages import Embed, Stage, Write, parse_stages
+from mmpretrain.config import _update
+from mmpretrain.curate.stages import Embed, Stage, Write, absolute_spec, parse_stages
 from mmpretrain.errors import ConfigError
 
 _TOP_KEYS = {"inputs", "output", "seed", "group_shards", "wave_groups", "ray", "stages", "demo", "limits"}
@@ -58,13 +59,15 @@ class CurateConfig:
         return next(s for s in self.stages if isinstance(s, Write))
 
     def fingerprints(self) -> dict[str, str]:
-        """Hashes of what each phase's results depend on: a resume redoes the phases whose hash changed."""
+        """Hashes of what each phase's results depend on: a resume redoes the phases whose hash changed. Built from
+        the resolved stages (`Stage.describe`, absolute paths, entry lists), not the config's text."""
         embed_at = next((i for i, s in enumerate(self.stages) if isinstance(s, Embed)), -1)
-        stage_dicts = self.raw.get("stages", [])
         analyse = {"inputs": self.inputs, "group_shards": self.group_shards, "wave_groups": self.wave_groups,
-                   "stages_to_embed": stage_dicts[:embed_at + 1], "max_member_bytes": self.max_member_bytes}
-        decide = {"analyse": analyse, "stages": stage_dicts[:-1], "seed": self.seed}
-        write = {"decide": decide, "write": stage_dicts[-1]}
+                   "stages_to_embed": [s.describe() for s in self.stages[:embed_at + 1]],
+                   "max_member_bytes": self.max_member_bytes}
+        decide = {"analyse": analyse, "filters": [s.describe() for s in self.stages if s.role == "filter"],
+                  "seed": self.seed}
+        write = {"decide": decide, "written": [s.describe() for s in self.stages if s.role in ("transform", "write")]}
         return {name: _hash(value) for name, value in (("analyse", analyse), ("decide", decide), ("write", write))}
 
 
@@ -78,8 +81,13 @@ def load_curate_config(path: str | Path, overrides: Sequence[str] = ()) -> Curat
         raise ConfigError(f"curation config {path} does not exist")
     try:
         raw = OmegaConf.load(path)
-        if overrides:
-            raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+    except (OmegaConfBaseException, ValueError) as e:  # yaml errors are ValueErrors
+        raise ConfigError(f"{path}: not a valid YAML mapping ({str(e).splitlines()[0]})") from None
+    for override in overrides:  # `stages.2.top_fraction=0.3` updates inside the list (a merge would replace it)
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not key=value")
+        raw = _update(raw, override)
+    try:
         plain = OmegaConf.to_container(raw, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
@@ -96,16 +104,36 @@ def load_curate_config(path: str | Path, overrides: Sequence[str] = ()) -> Curat
     if not isinstance(plain.get("output"), str) or not plain["output"]:
         raise ConfigError(f"{path}: 'output' (the folder the curated shards go to) is required")
     stages = parse_stages(plain.get("stages") or [], path.name)
-    ray_section = plain.get("ray") or {}
-    unknown_ray = sorted(set(ray_section) - set(RayResources.__dataclass_fields__))
-    if unknown_ray:
-        raise ConfigError(f"{path}: ray: unknown key(s) {', '.join(unknown_ray)}")
-    limits = plain.get("limits") or {}
-    config = CurateConfig(inputs=inputs, output=plain["output"], stages=stages, seed=int(plain.get("seed", 0)),
-                          group_shards=int(plain.get("group_shards", 1)), wave_groups=int(plain.get("wave_groups", 16)),
-                          ray=RayResources(**ray_section), demo=plain.get("demo"),
-                          max_member_bytes=int(limits.get("max_member_bytes", 64 * 2**20)), source=str(path),
-                          raw=plain)
-    if config.group_shards < 1 or config.wave_groups < 1:
-        raise ConfigError(f"{path}: group_shards and wave_groups must be >= 1")
+    ray_section = _section(plain, "ray", set(RayResources.__dataclass_fields__), path)
+    for key in ray_section:
+        _require_type(ray_section[key], (int,) if key != "address" else (str,), f"{path.name}: ray.{key}",
+                      optional=True)
+    limits = _section(plain, "limits", {"max_member_bytes"}, path)
+    demo = _section(plain, "demo", {"root", "noisy", "seed"}, path) or None
+    for key in ("seed", "group_shards", "wave_groups"):
+        _require_type(plain.get(key, 1), (int,), f"{path.name}: {key}")
+    _require_type(limits.get("max_member_bytes", 1), (int,), f"{path.name}: limits.max_member_bytes")
+    # Absolute paths: Ray workers on other nodes (or with another working directory) see the same files.
+    config = CurateConfig(inputs=[absolute_spec(i) for i in inputs], output=str(Path(plain["output"]).absolute()),
+                          stages=stages, seed=plain.get("seed", 0), group_shards=plain.get("group_shards", 1),
+                          wave_groups=plain.get("wave_groups", 16), ray=RayResources(**ray_section), demo=demo,
+                          max_member_bytes=limits.get("max_member_bytes", 64 * 2**20), source=str(path), raw=plain)
+    if config.group_shards < 1 or config.wave_groups < 1 or config.max_member_bytes < 1:
+        raise ConfigError(f"{path}: group_shards, wave_groups and limits.max_member_bytes must be >= 1")
     return config
+
+
+def _section(plain: dict[str, Any], name: str, known: set[str], path: Path) -> dict[str, Any]:
+    section = plain.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: '{name}' must be a mapping")
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(f"{path}: {name}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return section
+
+
+def _require_type(value: Any, types: tuple[type, ...], label: str, optional: bool = False) -> None:
+    if (value is None and optional) or (isinstance(value, types) and not isinstance(value, bool)):
+        return
+    raise ConfigError(f"{label}: expected {' or '.join(t.__name__ for t in types)}, got {value!r}")

@@ -34,6 +34,11 @@ T = TypeVar("T")
 READ_STAGE = "read"
 
 
+def decision_file(part: str) -> str:
+    """`features/wave-00003/<name>.parquet` -> `wave-00003-<name>.parquet`: a group's rows are found by its wave."""
+    return f"{Path(part).parent.name}-{Path(part).name}"
+
+
 def read_part(path: str, columns: Optional[list[str]] = None) -> pa.Table:
     return pq.read_table(path, columns=columns)
 
@@ -98,7 +103,8 @@ def _decide_part(part: str, out_dir: str, stages: Sequence[Stage]) -> dict[str, 
     reason: list[Optional[str]] = table.column("read_reason").to_pylist()
     stage_name: list[Optional[str]] = [READ_STAGE if r is not None else None for r in reason]
     stage_index = np.full(n, -1, np.int32)
-    scores: dict[str, np.ndarray] = {}
+    # Every declared score column in every part (NaN where a stage never saw the row): one schema for the table.
+    scores = {column: np.full(n, np.nan, np.float32) for stage in stages for column in stage.score_columns}
     alive = np.array([r is None for r in reason])
     for index, stage in enumerate(stages):
         rows = np.nonzero(alive)[0]
@@ -106,8 +112,7 @@ def _decide_part(part: str, out_dir: str, stages: Sequence[Stage]) -> dict[str, 
             break
         result: StageResult = stage.apply(table.take(pa.array(rows)))
         for column, values in result.scores.items():
-            full = scores.setdefault(column, np.full(n, np.nan, np.float32))
-            full[rows] = values
+            scores[column][rows] = values
         for row, why in zip(rows, result.reasons):
             if why is not None:
                 reason[row], stage_name[row], stage_index[row] = why, stage.type, index
@@ -116,10 +121,10 @@ def _decide_part(part: str, out_dir: str, stages: Sequence[Stage]) -> dict[str, 
         "group": table.column("group"), "shard": table.column("shard"), "key": table.column("key"),
         "kept": pa.array(alive), "reason": pa.array(reason, pa.string()), "stage": pa.array(stage_name, pa.string()),
         "stage_index": pa.array(stage_index), "caption": table.column("caption"), "width": table.column("width"),
-        "height": table.column("height"), "clip_score": table.column("clip_score"),
+        "height": table.column("height"), "clip_score": table.column("clip_score").cast(pa.float32()),
         **{column: pa.array(values) for column, values in sorted(scores.items())},
     })
-    pq.write_table(decisions, Path(out_dir) / Path(part).name)
+    pq.write_table(decisions, Path(out_dir) / decision_file(part))
     counts = Counter(f"{i}\x00{s}\x00{r}" for i, s, r in zip(stage_index, stage_name, reason) if r is not None)
     return {"rows": n, "kept": int(alive.sum()), "dropped": dict(counts)}
 

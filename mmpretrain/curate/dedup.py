@@ -12,6 +12,9 @@ evaluation sets (an exact search: faiss IndexFlatIP).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -21,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as pads
 
-from mmpretrain.curate.stages import FitContext, Stage, StageResult, register_stage, require
+from mmpretrain.curate.stages import FitContext, Stage, StageResult, absolute_spec, register_stage, require
 from mmpretrain.curate.table import EMBEDDING, embedding_array, embeddings, strings
 
 _BLOCK = 1024  # rows of a cluster compared at once against the rows before them
@@ -76,11 +79,13 @@ def semdedup_cluster(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray,
 
 @dataclass
 class _AssignClusters:
-    centroids: np.ndarray
+    centroids: Any  # an ObjectRef: the centroids travel through the object store, not inside the function
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        import ray
+
         vectors = embeddings(table)
-        similarity, cluster = nearest(vectors, self.centroids)
+        similarity, cluster = nearest(vectors, ray.get(self.centroids))
         return pa.table({"group": table.column("group"), "shard": table.column("shard"), "key": table.column("key"),
                          "cluster": pa.array(cluster, pa.int64()), "centroid_similarity": pa.array(similarity),
                          EMBEDDING: embedding_array(vectors)})
@@ -104,11 +109,14 @@ class _Sample:
     seed: int
 
     def __call__(self, table: pa.Table) -> np.ndarray:
+        """Each row independently with probability `fraction`, drawn from a hash of the seed and the row's name
+        (the same rows on a rerun, and no two parts drawing the same positions)."""
         vectors = embeddings(table)
         if self.fraction >= 1.0:
             return vectors
-        rng = np.random.default_rng([self.seed, len(vectors)])
-        return vectors[rng.random(len(vectors)) < self.fraction]
+        names = (f"{self.seed}\x00{s}\x00{k}".encode() for s, k in zip(strings(table, "shard"), strings(table, "key")))
+        draws = np.array([int.from_bytes(hashlib.blake2b(n, digest_size=8).digest(), "little") / 2**64 for n in names])
+        return vectors[draws < self.fraction]
 
 
 def _kmeans_of_parts(clusters: int, seed: int, iterations: int, *parts: np.ndarray) -> np.ndarray:
@@ -124,6 +132,7 @@ def _count_rows(table: pa.Table) -> int:
 class Dedup(Stage):
     per_sample: ClassVar[bool] = False
     needs_embedding: ClassVar[bool] = True
+    score_columns: ClassVar[tuple[str, ...]] = ("duplicate_similarity",)
     threshold: float = 0.95                # cosine above which a later sample of a cluster is a duplicate
     clusters: int = 100                    # k-means clusters (SemDeDup used 50k for LAION-440M)
     kmeans_sample: int = 100_000           # points the centroids are trained on (a uniform sample)
@@ -147,15 +156,23 @@ class Dedup(Stage):
         fraction = min(1.0, self.kmeans_sample / total)
         # The k-means sample goes from the part workers to the k-means worker through the object store.
         samples = ctx.over_parts(_Sample(fraction, seed), refs=True)
-        centroids = ray.get(ray.remote(num_cpus=1)(_kmeans_of_parts).remote(
-            self.clusters, seed, self.kmeans_iterations, *samples))
+        centroids = ray.remote(num_cpus=1)(_kmeans_of_parts).remote(self.clusters, seed, self.kmeans_iterations,
+                                                                     *samples)
+        clusters = len(ray.get(centroids))
         out = ctx.work_dir / f"dedup-{ctx.stage_index}"
+        # Written under .partial and renamed: Ray's writer appends to a folder and names files as it likes, so a
+        # folder from an earlier or killed attempt must never be added to.
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
         dataset = ctx.survivors(_AssignClusters(centroids))
-        dataset = dataset.groupby("cluster", num_partitions=max(1, min(len(centroids), 64))).map_groups(
+        dataset = dataset.groupby("cluster", num_partitions=max(1, min(clusters, 64))).map_groups(
             _dedup_group(self.threshold), batch_format="pyarrow")
-        dataset.write_parquet(str(out), partition_cols=["group"])  # by group: a part reads only its groups
+        dataset.write_parquet(str(partial), partition_cols=["group"])  # by group: a part reads only its groups
+        shutil.rmtree(out, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, out)
         self.similarities_file = str(out)
-        return {"clusters": int(len(centroids)), "kmeans_points": min(total, self.kmeans_sample)}
+        return {"clusters": clusters, "kmeans_points": min(total, self.kmeans_sample)}
 
     def apply(self, table: pa.Table) -> StageResult:
         if self.similarities_file is None or not Path(self.similarities_file).is_dir():  # nothing survived to it
@@ -179,6 +196,7 @@ class Dedup(Stage):
 @dataclass
 class Decontaminate(Stage):
     needs_embedding: ClassVar[bool] = True
+    score_columns: ClassVar[tuple[str, ...]] = ("contamination_similarity",)
     eval: list[str] = field(default_factory=list)   # evaluation shard sets (directory, glob or brace pattern)
     threshold: float = 0.95
     _eval_vectors: Optional[np.ndarray] = field(default=None, init=False, repr=False)
@@ -187,6 +205,7 @@ class Decontaminate(Stage):
         require(isinstance(self.eval, list) and bool(self.eval) and all(isinstance(e, str) for e in self.eval),
                 label, "'eval' must list the evaluation shard sets to remove from training")
         require(-1.0 <= self.threshold <= 1.0, label, "threshold must be a cosine in [-1, 1]")
+        self.eval = [absolute_spec(e) for e in self.eval]
 
     def fit(self, ctx: FitContext) -> dict[str, Any]:
         self._eval_vectors = ctx.eval_embeddings(self.eval)

@@ -41,6 +41,7 @@ from mmpretrain.curate.write import read_record, write_group
 from mmpretrain.data.shards import expand_shards, update_sizes
 from mmpretrain.data.skips import SampleLimits
 from mmpretrain.engine.checkpoint import write_atomically
+from mmpretrain.engine.runlock import LOCK_NAME, RunLock
 from mmpretrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,21 +66,23 @@ class Layout:
 
 def plan_groups(inputs: Sequence[str], group_shards: int) -> list[list[str]]:
     """Input shards in config order (each set sorted), each once, cut into groups of `group_shards`."""
-    shards: list[str] = []
-    for spec in inputs:
-        shards.extend(s for s in expand_shards(spec) if s not in shards)
+    shards = list(dict.fromkeys(s for spec in inputs for s in expand_shards(spec)))
     return [shards[i:i + group_shards] for i in range(0, len(shards), group_shards)]
 
 
+_MODEL_FILES = ("*.pt", "*.safetensors", "*.bin", "open_clip_config.json", "mmpretrain_config.json",
+                "*.manifest.json")
+
+
 def _model_identity(spec: str) -> Any:
-    """Sizes and times of the model's files, so retraining the model at the same path counts as a change."""
+    """Sizes and times of the model's weight and config files, so retraining the model at the same path counts as
+    a change (and an eval_results.json written beside it does not)."""
     path = Path(spec.split(":", 1)[1] if ":" in spec and not Path(spec).exists() else spec)
     if path.is_file():
         return [path.name, path.stat().st_size, path.stat().st_mtime_ns]
     if path.is_dir():
-        return sorted([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
-                      for p in path.rglob("*") if p.is_file() and p.suffix in (".pt", ".safetensors", ".json", ".bin")
-                      and "tmp" not in p.name)
+        files = {p for pattern in _MODEL_FILES for p in path.rglob(pattern) if p.is_file() and ".tmp" not in p.name}
+        return sorted([str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files)
     return spec
 
 
@@ -88,8 +91,19 @@ def _write_json(path: Path, value: Any) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=1, default=str)))
 
 
+def check_output(layout: Layout, restart: bool) -> None:
+    """The output folder is new, empty, or an earlier curation's (then --restart may clear it); never anything else."""
+    out = layout.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file, not a folder")
+    if out.is_dir() and not layout.state.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no {STATE_FILE}: choose an empty or new folder"
+                          + (" (--restart only clears a curation's own output)" if restart else ""))
+
+
 def open_state(config: CurateConfig, layout: Layout, groups: list[list[str]], restart: bool) -> dict[str, Any]:
-    """Start a new output folder or continue the one there; redo what a changed config invalidates."""
+    """Start a new output folder or continue the one there; redo what a changed config invalidates. Called after
+    every input, the model and the evaluation sets were checked, so a typo costs nothing here."""
     embed = config.embed
     fingerprints = config.fingerprints()
     model = _model_identity(embed.model) if embed else None
@@ -97,9 +111,8 @@ def open_state(config: CurateConfig, layout: Layout, groups: list[list[str]], re
                                              ).hexdigest()[:16]
     inputs = {s: os.path.getsize(s) for group in groups for s in group}
     state = {"version": STATE_VERSION, "fingerprints": fingerprints, "inputs": inputs, "groups": groups}
-    if restart and layout.out.exists():
-        for path in (layout.work, layout.decisions, layout.shards, layout.summary, layout.state):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    if restart and layout.state.exists():
+        _remove(layout.work, layout.decisions, layout.shards, layout.summary, layout.state)
     if layout.state.exists():
         old = json.loads(layout.state.read_text())
         changed = sorted(s for s in set(old.get("inputs", {})) | set(inputs) if old["inputs"].get(s) != inputs.get(s))
@@ -112,12 +125,11 @@ def open_state(config: CurateConfig, layout: Layout, groups: list[list[str]], re
                               "embed everything again: use another output folder, or --restart")
         if previous.get("decide") != fingerprints["decide"]:
             log.warning("curate: the filter stages changed since the last run: deciding again, rewriting the output")
-            _remove(layout.decided, layout.decisions, layout.groups, layout.shards, layout.summary)
+            _remove(layout.decided, layout.decisions, layout.groups, layout.shards, layout.summary,
+                    *layout.work.glob("dedup-*"))
         elif previous.get("write") != fingerprints["write"]:
-            log.warning("curate: the write stage changed since the last run: rewriting the output shards")
+            log.warning("curate: the written stages changed since the last run: rewriting the output shards")
             _remove(layout.groups, layout.shards, layout.summary)
-    elif layout.out.exists() and any(layout.out.iterdir()):
-        raise ConfigError(f"{layout.out} is not empty and holds no {STATE_FILE}: choose an empty or new folder")
     _write_json(layout.state, state)
     return state
 
@@ -194,7 +206,11 @@ def _transform(embed: Embed):
 
 
 def _eval_dir(layout: Layout, spec: str) -> Path:
-    return layout.eval / hashlib.sha1(spec.encode()).hexdigest()[:12]
+    """Where an evaluation set's embeddings are kept: named by the spec and its shards' sizes (the model is the
+    analyse fingerprint's: another model is refused or --restart clears work/)."""
+    shards = expand_shards(spec)
+    identity = json.dumps([spec, [[s, os.path.getsize(s)] for s in shards]])
+    return layout.eval / hashlib.sha1(identity.encode()).hexdigest()[:12]
 
 
 def _load_eval(layout: Layout, specs: Sequence[str]) -> np.ndarray:
@@ -207,12 +223,34 @@ def _load_eval(layout: Layout, specs: Sequence[str]) -> np.ndarray:
 def curate(config: CurateConfig, address: Optional[str] = None, restart: bool = False,
            progress: bool = True) -> dict[str, Any]:
     """Run (or continue) a curation; returns the summary also written to OUT/summary.json."""
-    import ray.data
-
     layout = Layout(Path(config.output))
     if config.demo:
         _make_demo(config.demo)
+    # Everything a typo could break is checked before the output folder is touched: inputs, evaluation sets,
+    # the output folder itself, the model (loaded here once for its transform).
     groups = plan_groups(config.inputs, config.group_shards)
+    for spec in _eval_specs(config.stages):
+        expand_shards(spec)
+    check_output(layout, restart)
+    embed = config.embed
+    early_waves = [groups[i:i + config.wave_groups] for i in range(0, len(groups), config.wave_groups)]
+    if embed is not None and (restart or not layout.state.exists() or any(
+            not (layout.features / f"wave-{i:05d}").is_dir() for i in range(len(early_waves)))
+            or any(not _eval_dir(layout, spec).is_dir() for spec in _eval_specs(config.stages))):
+        transform = _transform(embed)
+    else:
+        transform = None
+    lock = RunLock(layout.out).acquire()  # one curation per output folder at a time
+    try:
+        return _curate(config, layout, groups, transform, address, restart, progress)
+    finally:
+        lock.release()
+
+
+def _curate(config: CurateConfig, layout: Layout, groups: list[list[str]], transform: Any, address: Optional[str],
+            restart: bool, progress: bool) -> dict[str, Any]:
+    import ray.data
+
     open_state(config, layout, groups, restart)
     embed = config.embed
     stages = [s for s in config.stages if s.role == "filter"]
@@ -229,7 +267,8 @@ def curate(config: CurateConfig, address: Optional[str] = None, restart: bool = 
     waves = [groups[i:i + config.wave_groups] for i in range(0, len(groups), config.wave_groups)]
     pending = [(i, wave) for i, wave in enumerate(waves) if not (layout.features / f"wave-{i:05d}").is_dir()]
     needs_model = bool(pending) or any(not _eval_dir(layout, spec).is_dir() for spec in _eval_specs(config.stages))
-    transform = _transform(embed) if embed is not None and needs_model else None
+    if embed is not None and needs_model and transform is None:  # --restart or a changed state since the check
+        transform = _transform(embed)
     with ray_session(config.ray, address):
         ray.data.DataContext.get_current().enable_progress_bars = progress
         started = time.monotonic()
@@ -284,7 +323,7 @@ def _write_all(config: CurateConfig, layout: Layout, groups: list[list[str]], tr
             records[group] = record
     task = ray.remote(num_cpus=1, max_retries=3)(write_group)
     write_stage = config.write
-    pending = {task.remote(g, groups[g], str(layout.decisions), str(layout.shards), str(layout.work), write_stage,
+    pending = {task.remote(g, f"wave-{g // config.wave_groups:05d}", groups[g], str(layout.decisions), str(layout.shards), str(layout.work), write_stage,
                            list(transforms), config.max_member_bytes): g
                for g in range(len(groups)) if g not in records}
     done = 0

@@ -18,7 +18,9 @@ To add a stage: subclass `Stage`, decorate it with ``@register_stage("name")``, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,7 @@ class Stage:
     role: ClassVar[str] = "filter"
     per_sample: ClassVar[bool] = True      # decides each row from the row alone (no fit over the set)
     needs_embedding: ClassVar[bool] = False
+    score_columns: ClassVar[tuple[str, ...]] = ()   # float32 columns its StageResult.scores fills in
 
     def check(self, label: str) -> None:
         """Raise a one-line ConfigError for values out of range; `label` names the stage in the config."""
@@ -79,7 +82,9 @@ class Stage:
         return {}
 
     def describe(self) -> dict[str, Any]:
-        return {"type": self.type, **dataclasses.asdict(self)}
+        """The stage's settings as the config resolved them: reported in the summary and hashed into the phase
+        fingerprints, so it must name everything that changes the stage's decisions."""
+        return {"type": self.type, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}}
 
 
 STAGES: dict[str, type[Stage]] = {}
@@ -94,6 +99,21 @@ def register_stage(name: str) -> Callable[[S], S]:
         STAGES[name] = cls
         return cls
     return add
+
+
+def absolute_model_spec(spec: str) -> str:
+    """A model path (or the pretrained file of `name:file`) made absolute, so every Ray worker finds it."""
+    if Path(spec).exists():
+        return str(Path(spec).absolute())
+    name, sep, weights = spec.partition(":")
+    if sep and Path(weights).exists():
+        return f"{name}:{Path(weights).absolute()}"
+    return spec
+
+
+def absolute_spec(spec: str) -> str:
+    """A shard spec (path, glob, brace pattern) made absolute against the working directory; URLs unchanged."""
+    return spec if "://" in spec or spec.startswith("pipe:") or Path(spec).is_absolute() else str(Path.cwd() / spec)
 
 
 def require(ok: bool, label: str, message: str) -> None:
@@ -115,18 +135,42 @@ def parse_stages(entries: Sequence[Mapping[str, Any]], source: str) -> list[Stag
             raise ConfigError(f"{label}: unknown stage type {kind!r} (known: {', '.join(sorted(STAGES))})")
         cls = STAGES[kind]
         label = f"{source}: stages[{index}] ({kind})"
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         extra = sorted(set(entry) - known - {"type"})
         if extra:
             raise ConfigError(f"{label}: unknown key(s) {', '.join(extra)} (known: {', '.join(sorted(known))})")
-        try:
-            stage = cls(**{k: v for k, v in entry.items() if k != "type"})
-        except TypeError as e:  # a required field left out
-            raise ConfigError(f"{label}: {e}") from None
+        values = {k: v for k, v in entry.items() if k != "type"}
+        _check_types(cls, values, label)
+        stage = cls(**values)
         stage.check(label)
         stages.append(stage)
     _check_order(stages, source)
     return stages
+
+
+_SCALARS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+
+
+def _check_types(cls: type[Stage], values: dict[str, Any], label: str) -> None:
+    """Each value against its field's annotation (int, float, bool, str, Optional[...], list[str]); `Any` passes."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        hint = hints[name]
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is typing.Union and type(None) in args:  # Optional[X]
+            if value is None:
+                continue
+            hint = next(a for a in args if a is not type(None))
+        if hint is Any:
+            continue
+        if typing.get_origin(hint) is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            accepted = _SCALARS.get(hint, (object,))
+            ok = isinstance(value, accepted) and (hint is bool or not isinstance(value, bool))
+        if not ok:
+            expected = getattr(hint, "__name__", str(hint)).replace("list", "list of strings")
+            raise ConfigError(f"{label}: {name} must be {expected}, got {value!r}")
 
 
 def _check_order(stages: list[Stage], source: str) -> None:
@@ -218,6 +262,7 @@ class Embed(Stage):
         require(self.actors is None or self.actors >= 1, label, "actors must be >= 1")
         require(self.gpus_per_actor >= 0 and self.threads_per_actor >= 1, label,
                 "gpus_per_actor must be >= 0 and threads_per_actor >= 1")
+        self.model = absolute_model_spec(self.model)
 
 
 @register_stage("write")
@@ -243,15 +288,17 @@ HISTOGRAM_BINS = 4096
 @register_stage("clip_score")
 @dataclass
 class ClipScore(Stage):
-    """Keep samples whose image-caption cosine is at least `min_score`, or the `top_fraction` best of the whole
-    surviving set (DataComp's CLIP-score filter). The top fraction's threshold is exact and global: a histogram
-    of every part's scores finds the bin holding the cut, then only that bin's scores are gathered and sorted."""
+    """Keep samples whose image-caption cosine is at least `min_score`, or exactly the `top_fraction` best of the
+    whole surviving set (DataComp's CLIP-score filter). The cut is global and exact: a histogram of every part's
+    scores finds the bin holding it, then only that bin's (score, tie-break) pairs are gathered and sorted. Equal
+    scores at the cut are ordered by a hash of (shard, key), so exactly ceil(top_fraction x n) samples stay."""
 
     per_sample: ClassVar[bool] = False
     needs_embedding: ClassVar[bool] = True
     min_score: Optional[float] = None
     top_fraction: Optional[float] = None
     threshold: Optional[float] = field(default=None, init=False)  # fitted
+    tie_break: Optional[int] = field(default=None, init=False)    # fitted: at the threshold, keep hashes <= this
 
     def check(self, label: str) -> None:
         require((self.min_score is None) != (self.top_fraction is None), label,
@@ -273,18 +320,29 @@ class ClipScore(Stage):
         above = np.cumsum(counts[::-1])[::-1]      # above[b]: scores in bin b or higher
         bin_index = int(np.nonzero(above >= keep)[0].max())
         rank_in_bin = keep - (int(above[bin_index + 1]) if bin_index + 1 < len(above) else 0)
-        in_bin = np.sort(np.concatenate(ctx.over_parts(_ScoresInBin(bin_index))))[::-1]
-        self.threshold = float(in_bin[rank_in_bin - 1])
-        return {"threshold": self.threshold, "scored": total, "top_fraction": self.top_fraction}
+        pairs = sorted((p for part in ctx.over_parts(_ScoresInBin(bin_index)) for p in part),
+                       key=lambda pair: (-pair[0], pair[1]))
+        self.threshold, self.tie_break = float(pairs[rank_in_bin - 1][0]), int(pairs[rank_in_bin - 1][1])
+        return {"threshold": self.threshold, "scored": total, "kept": keep, "top_fraction": self.top_fraction}
 
     def apply(self, table: pa.Table) -> StageResult:
         assert self.threshold is not None, "clip_score applied before fit"
         scores = numbers(table, "clip_score", np.float32)
-        return StageResult([None if s >= self.threshold else "clip_score" for s in scores])
+        if self.tie_break is None:
+            return StageResult([None if s >= self.threshold else "clip_score" for s in scores])
+        ties = tie_hashes(table)
+        return StageResult([None if s > self.threshold or (s == self.threshold and h <= self.tie_break)
+                            else "clip_score" for s, h in zip(scores, ties)])
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.type, "min_score": self.min_score, "top_fraction": self.top_fraction,
                 "threshold": self.threshold}
+
+
+def tie_hashes(table: pa.Table) -> list[int]:
+    """A fixed pseudo-random order of samples, for breaking equal scores: 63 bits of BLAKE2b of (shard, key)."""
+    return [int.from_bytes(hashlib.blake2b(f"{s}\x00{k}".encode(), digest_size=8).digest(), "little") >> 1
+            for s, k in zip(strings(table, "shard"), strings(table, "key"))]
 
 
 def score_bins(scores: np.ndarray) -> np.ndarray:
@@ -293,19 +351,22 @@ def score_bins(scores: np.ndarray) -> np.ndarray:
     return np.clip(bins, 0, HISTOGRAM_BINS - 1)
 
 
-def _scores(table: pa.Table) -> np.ndarray:
+def _finite(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     scores = numbers(table, "clip_score", np.float32)
-    return scores[np.isfinite(scores)]
+    return scores, np.isfinite(scores)
 
 
 def _score_histogram(table: pa.Table) -> np.ndarray:
-    return np.bincount(score_bins(_scores(table)), minlength=HISTOGRAM_BINS)
+    scores, finite = _finite(table)
+    return np.bincount(score_bins(scores[finite]), minlength=HISTOGRAM_BINS)
 
 
 @dataclass
 class _ScoresInBin:
     bin_index: int
 
-    def __call__(self, table: pa.Table) -> np.ndarray:
-        scores = _scores(table)
-        return scores[score_bins(scores) == self.bin_index]
+    def __call__(self, table: pa.Table) -> list[tuple[float, int]]:
+        scores, finite = _finite(table)
+        chosen = np.nonzero(finite & (score_bins(scores) == self.bin_index))[0]
+        ties = tie_hashes(table.take(pa.array(chosen)))
+        return [(float(scores[i]), h) for i, h in zip(chosen, ties)]

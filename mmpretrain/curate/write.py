@@ -51,14 +51,18 @@ def read_record(work_dir: Path, group: int, shards_dir: Path) -> dict[str, Any] 
     return record
 
 
-def kept_keys(decisions_dir: Path, group: int) -> list[tuple[str, str]]:
-    table = pads.dataset(decisions_dir, format="parquet").to_table(
+def kept_keys(decisions_dir: Path, group: int, wave: str) -> list[tuple[str, str]]:
+    """The group's kept (shard, key) pairs, from its wave's decision files only."""
+    files = sorted(str(p) for p in decisions_dir.glob(f"{wave}-*.parquet"))
+    if not files:
+        return []
+    table = pads.dataset(files, format="parquet").to_table(
         columns=["shard", "key"], filter=(pads.field("group") == group) & pads.field("kept"))
     return list(zip(table.column("shard").to_pylist(), table.column("key").to_pylist()))
 
 
-def write_group(group: int, input_shards: Sequence[str], decisions_dir: str, shards_dir: str, work_dir: str,
-                write: Write, transforms: Sequence[Stage], max_member_bytes: int) -> dict[str, Any]:
+def write_group(group: int, wave: str, input_shards: Sequence[str], decisions_dir: str, shards_dir: str,
+                work_dir: str, write: Write, transforms: Sequence[Stage], max_member_bytes: int) -> dict[str, Any]:
     """Write and commit one group's output shards (idempotent: an earlier attempt's files are replaced)."""
     shards_path, work_path = Path(shards_dir), Path(work_dir)
     prefix = f"{write.prefix}-{group_name(group)}"
@@ -66,7 +70,7 @@ def write_group(group: int, input_shards: Sequence[str], decisions_dir: str, sha
         stale.unlink()
     partial = shards_path / f".g{group_name(group)}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    keep = set(kept_keys(Path(decisions_dir), group))
+    keep = set(kept_keys(Path(decisions_dir), group, wave))
     written = 0
     with ShardWriter(partial, write.samples_per_shard, prefix=prefix) as writer:
         for shard in input_shards:
@@ -74,6 +78,9 @@ def write_group(group: int, input_shards: Sequence[str], decisions_dir: str, sha
                 if isinstance(item, ShardFailure) or (shard, item["__key__"]) not in keep:
                     continue
                 key = item["__key__"]
+                if item.get("__oversized__"):  # analysis read every member under the same cap: the shard changed
+                    raise RuntimeError(f"sample {key!r} of {shard} now has a member over the size cap "
+                                       f"({item['__oversized__']}); was the shard changed since analysis?")
                 members = {k: v for k, v in item.items() if not k.startswith("__")}
                 extra = dict(members)
                 for stage in transforms:

@@ -165,11 +165,26 @@ def test_the_driver_killed_while_writing_resumes_to_the_clean_result(data, clean
     shutil.rmtree(out / "work/groups")                                   # analysed and decided; nothing written
     config = config_file(root, out, micro_model)
     _run_and_kill(config, "kill_driver:write:1")
-    committed = sorted(p.stem for p in (out / "work/groups").glob("*.json"))
-    assert len(committed) == 1                                           # one group committed when the driver died
-    record = json.loads((out / "work/groups" / f"{committed[0]}.json").read_text())
+    # Groups whose tasks were already running may commit after the driver died: at least the first did.
+    records = {p.name: p.read_text() for p in (out / "work/groups").glob("*.json")}
+    assert records
     curate(load_curate_config(config), progress=False)
-    assert json.loads((out / "work/groups" / f"{committed[0]}.json").read_text()) == record   # kept as it was
+    assert all((out / "work/groups" / name).read_text() == text for name, text in records.items())  # kept as were
+    _same_result(out, clean[0])
+
+
+def test_a_group_renamed_but_not_recorded_is_written_again_once(data, clean, micro_model):
+    """The window a kill can leave (deterministically here): a group's tars renamed into shards/ but its record
+    not written, another group's attempt still in its .partial folder."""
+    root, _ = data
+    out = root / "torn-group"
+    shutil.copytree(clean[0], out)
+    (out / "work/groups/000001.json").unlink()                            # tars there, record missing
+    (out / "shards/.g000002.partial").mkdir()
+    (out / "shards/.g000002.partial/shard-000002-000000.tar").write_bytes(b"half a tar")
+    (out / "work/groups/000002.json").unlink()
+    curate(load_curate_config(config_file(root, out, micro_model)), progress=False)
+    assert not (out / "shards/.g000002.partial").exists()
     _same_result(out, clean[0])
 
 
@@ -212,10 +227,18 @@ def test_without_an_embed_stage_only_reading_runs_and_balance_decides(data, loca
     summary = curate(load_curate_config(config), progress=False)
     table = decisions(tmp_path / "out")
     assert "image_emb" not in pads.dataset(tmp_path / "out/work/features").schema.names
-    kept_captions = [r["caption"] for r in table.values() if r["kept"]]
-    for entry in ("dog", "cat"):  # a caption may name both: each entry keeps about per_entry of its own
-        assert sum(entry in c.split() for c in kept_captions) <= 5 + sum(
-            ("dog" in c.split()) and ("cat" in c.split()) for c in kept_captions)
+    # The rule, re-done naively from the decision table: counts over what reached balance, then per sample
+    # "kept if any entry e it names draws uniform(seed, shard, key, e) < per_entry / count(e)".
+    from mmpretrain.curate.balance import uniform
+
+    reached = [r for r in table.values() if r["kept"] or r["stage"] == "balance"]
+    entries = ["dog", "cat"]
+    named = {id(r): [i for i, e in enumerate(entries) if e in r["caption"].split()] for r in reached}
+    counts = {i: sum(i in named[id(r)] for r in reached) for i in range(len(entries))}
+    for r in reached:
+        expected = any(uniform(0, r["shard"], r["key"], i) < 5 / counts[i] for i in named[id(r)])
+        assert r["kept"] == expected, r
+    assert 0 < sum(r["kept"] for r in reached) < len(reached)
     assert summary["dropped"]["balance"]["no_entry_match"] == sum(
         1 for r in table.values() if r["reason"] == "no_entry_match")
     assert all(not any(w in ("dog", "cat") for w in r["caption"].split())

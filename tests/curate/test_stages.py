@@ -145,3 +145,14 @@ def test_bad_stage_lists_are_one_line_errors(stages, message):
     with pytest.raises(ConfigError) as error:
         parse_stages(stages, "c.yaml")
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_top_fraction_keeps_exactly_its_share_when_scores_tie_at_the_cut():
+    part = table(10, 3)
+    part = part.set_column(part.schema.get_field_index("clip_score"), "clip_score",
+                           pa.array([0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.1], pa.float32()))
+    stage = ClipScore(top_fraction=0.3)
+    stage.fit(MemoryContext([part.slice(0, 4), part.slice(4)]))      # the ties span two parts
+    reasons = stage.apply(part).reasons
+    assert sum(r is None for r in reasons) == 3 and reasons[0] is None and reasons[9] == "clip_score"
+    assert stage.apply(part).reasons == reasons                       # the same two of the eight tied, every time
