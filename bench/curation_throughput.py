@@ -83,6 +83,44 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+RAY_PROCESSES = ("ray::", "raylet", "gcs_server")
+
+
+def _others() -> dict[tuple[int, float], tuple[str, float]]:
+    """CPU seconds so far of every process outside this one's tree: (pid, start) -> (name, user + system)."""
+    import psutil
+
+    mine = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
+    seen = {}
+    for process in psutil.process_iter(["pid", "name", "create_time", "cpu_times"]):
+        info = process.info
+        if info["pid"] not in mine and info["cpu_times"] is not None:
+            seen[(info["pid"], info["create_time"])] = (info["name"] or "", info["cpu_times"].user +
+                                                         info["cpu_times"].system)
+    return seen
+
+
+class Window:
+    """The 1-minute load average before and after a measurement, and the CPU seconds other processes used during
+    it: the 1-minute load also counts this benchmark's own processes (2 after a 2-thread side), the other-CPU
+    figure does not (it misses processes that start and end inside the window, and leaves out Ray processes that
+    start inside it, which after our ray.shutdown() may no longer be our children)."""
+
+    def __init__(self) -> None:
+        self.load_before, self.before, self.started = load1(), _others(), time.monotonic()
+
+    def close(self) -> dict[str, float]:
+        after, seconds = _others(), time.monotonic() - self.started
+        used = 0.0
+        for key, (name, cpu) in after.items():
+            if key in self.before:
+                used += cpu - self.before[key][1]
+            elif key[1] >= time.time() - seconds - 1 and not name.startswith(RAY_PROCESSES):
+                used += cpu
+        return {"load_before": self.load_before, "load_after": load1(), "other_cpu_s": round(used, 2),
+                "other_cpu_share": round(used / seconds / (os.cpu_count() or 1), 3)}
+
+
 def synth_jpeg(rng: np.random.Generator, noise: np.ndarray) -> bytes:
     """A photo-like JPEG (short side 256-640 px, aspect 0.6-1.8): a colour gradient, a few flat shapes, mild noise."""
     from PIL import Image, ImageDraw
@@ -260,15 +298,15 @@ def embed_overhead(spec: str, batches: int, args: argparse.Namespace) -> dict[st
                               "params_m": round(sum(p.numel() for p in bench.model.parameters()) / 1e6, 2)}
     sides = ("bare", "embedder", "ray") if args.in_process else ("bare", "ray")
     for side in sides:
-        before = load1()
-        print(f"  {spec} {side} (load {before})", flush=True)
+        window = Window()
+        print(f"  {spec} {side} (load {window.load_before})", flush=True)
         if side == "bare":
             measured = bare(bench, plain, args.threads)
         elif side == "embedder":
             measured = embedder_in_process(spec, shape, tables, args.threads)
         else:
             measured = embedder_on_ray(spec, shape, tables, args.threads, args.batch_size)
-        measured.update(load_before=before, load_after=load1())
+        measured.update(window.close())
         measured["samples_per_s"] = (batches - 1) * args.batch_size / measured["timed_s"]
         measured["batch_median_s"] = statistics.median(measured["batch_s"])
         result[side] = measured
@@ -318,12 +356,13 @@ def e2e_run(shards: Path, workdir: Path, cpus: int, run: int, args: argparse.Nam
     shutil.rmtree(out, ignore_errors=True)
     config = e2e_config(workdir / f"run-{run}-cpu{cpus}.yaml", shards, out, cpus, args)
     result = workdir / f"run-{run}-cpu{cpus}.json"
-    before = load1()
-    print(f"  run {run}: ray.num_cpus={cpus} (load {before})", flush=True)
+    window = Window()
+    print(f"  run {run}: ray.num_cpus={cpus} (load {window.load_before})", flush=True)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--e2e-child", str(config), str(result)],
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
+    quiet = window.close()
     if done.returncode != 0:
         raise RuntimeError(f"curation run failed ({done.returncode}):\n{done.stderr[-4000:]}")
     child = json.loads(result.read_text())
@@ -331,7 +370,7 @@ def e2e_run(shards: Path, workdir: Path, cpus: int, run: int, args: argparse.Nam
     samples = int(summary["samples"])
     seconds = summary["seconds"]
     shutil.rmtree(out, ignore_errors=True)
-    return {"cpus": cpus, "load_before": before, "load_after": load1(), "samples": samples,
+    return {"cpus": cpus, **quiet, "samples": samples,
             "kept": summary["kept"], "dropped": summary["dropped"], "seconds": seconds,
             "curate_s": child["curate_s"], "process_s": wall,
             "analyse_samples_per_s": samples / seconds["analyse"], "curate_samples_per_s": samples / child["curate_s"],
@@ -398,7 +437,7 @@ def wait_quiet(limit: Optional[float], longest: float) -> list[float]:
 def table(report: dict[str, Any]) -> str:
     lines = ["Embed stage: Ray's overhead over the bare forward (timed batches 2..N; ratio = time / bare time)",
              f"{'model':<12} {'side':<9} {'samples/s':>10} {'timed s':>8} {'ratio':>6} {'median-batch ratio':>19} "
-             f"{'load':>5}"]
+             f"{'load':>5} {'others':>6}"]
     for entry in report["embed"]:
         for side in ("bare", "embedder", "ray"):
             if side not in entry:
@@ -407,7 +446,7 @@ def table(report: dict[str, Any]) -> str:
             ratio = f"{entry[f'{side}_over_bare']:.3f}" if side != "bare" else "1"
             median = f"{entry[f'{side}_over_bare_median_batch']:.3f}" if side != "bare" else "1"
             lines.append(f"{entry['model']:<12} {side:<9} {m['samples_per_s']:>10.1f} {m['timed_s']:>8.2f} "
-                         f"{ratio:>6} {median:>19} {m['load_before']:>5}")
+                         f"{ratio:>6} {median:>19} {m['load_before']:>5} {m['other_cpu_share']:>6.0%}")
         ray = entry["ray"]
         lines.append(f"{'':<12} ray: {ray['between_calls_s']:.2f} s of the timed {ray['timed_s']:.2f} s between "
                      f"Embedder calls; not in the ratio: actor start + model load {ray['first_call_start_s']:.1f} s, "
@@ -425,7 +464,10 @@ def table(report: dict[str, Any]) -> str:
             m = e2e[key]
             lines.append(f"{name:<34} {m['cpu1_samples_per_s']:>9.1f} {m['cpu2_samples_per_s']:>10.1f} "
                          f"{m['speedup']:>8.2f}")
-        lines.append("loads before each run: " + ", ".join(f"{r['cpus']} CPU {r['load_before']}" for r in e2e["runs"]))
+        lines.append("runs (CPUs: load before, others' CPU share): " + ", ".join(
+            f"{r['cpus']}: {r['load_before']}, {r['other_cpu_share']:.0%}" for r in e2e["runs"]))
+    lines.append("load: 1-minute average before the measurement, this benchmark's own work included; others: the "
+                 "machine's CPU used by other processes during it")
     return "\n".join(lines)
 
 
