@@ -27,8 +27,7 @@ Two measurements, side by side in one run, reported as ratios (the script never 
    but not actor start-up, the model load nor batch 1 (reported beside it: `first_call_start_s` from execution
    start, `first_output_s`, `whole_s`), and not the hand-over of the last block to the driver. The part of the
    ray time spent between calls is reported too (`between_calls_s`). Ratio ray / bare is the overhead (goal
-   <= 1.25); the per-batch medians give a second
-   ratio less disturbed by a load spike. Two models: `ViT-B-32` (random init: the weights do not change the time),
+   <= 1.25); the per-batch medians give a second ratio less disturbed by a load spike. Two models: `ViT-B-32` (random init: the weights do not change the time),
    a realistic model whose forward dominates, and the demo's `mmp-tiny-rn`, where Ray's fixed cost per block
    weighs most.
 
@@ -42,8 +41,8 @@ Two measurements, side by side in one run, reported as ratios (the script never 
    Python and torch imports), and the speedup 2 CPUs vs 1 of each (medians over rounds; goal >= 1.7 for analyse).
 
 The machine may be shared: the 1-minute load average is recorded before and after every timed measurement
-(`--wait-load L` first waits, up to `--wait-max` seconds, for it to drop below L). Writes `--json` (default
-bench/results/curation_throughput.json; with --quick, only when --json is given).
+(`--wait-load L` first waits, up to `--wait-max` seconds, for it to drop below L, and measures nothing if it
+does not). Writes `--json` (default bench/results/curation_throughput.json; with --quick, only when given).
 """
 
 from __future__ import annotations
@@ -492,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="generated shards (kept for the next run) and curation outputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-load", type=float, default=None,
-                        help="first wait until the 1-minute load average is below this")
+                        help="first wait until the 1-minute load average is below this; exit 3 without "
+                             "measuring if it is not within --wait-max")
     parser.add_argument("--wait-max", type=float, default=600.0, help="seconds to wait for --wait-load at most")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--e2e-child", nargs=2, metavar=("CONFIG", "RESULT"), help=argparse.SUPPRESS)
@@ -512,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.ERROR)
     waited = wait_quiet(args.wait_load, args.wait_max)
+    if args.wait_load is not None and waited[-1] >= args.wait_load:
+        print(f"the 1-minute load stayed at or above {args.wait_load} for {args.wait_max:.0f} s (last {waited[-1]}): "
+              "no measurement taken; run again later", flush=True)
+        return 3
     started = time.time()
     report: dict[str, Any] = {
         "command": command(),
