@@ -27,9 +27,9 @@ Two measurements, side by side in one run, reported as ratios (the script never 
    but not actor start-up, the model load nor batch 1 (reported beside it: `first_call_start_s` from execution
    start, `first_output_s`, `whole_s`), and not the hand-over of the last block to the driver. The part of the
    ray time spent between calls is reported too (`between_calls_s`). Ratio ray / bare is the overhead (goal
-   <= 1.25); the per-batch medians give a second ratio less disturbed by a load spike. Two models: `ViT-B-32` (random init: the weights do not change the time),
-   a realistic model whose forward dominates, and the demo's `mmp-tiny-rn`, where Ray's fixed cost per block
-   weighs most.
+   <= 1.25); the per-batch medians give a second ratio less disturbed by a load spike. Two models: `ViT-B-32`
+   (random init: the weights do not change the time), a realistic model whose forward dominates, and the demo's
+   `mmp-tiny-rn`, where Ray's fixed cost per block weighs most.
 
 2. End-to-end scaling. A shard set of generated JPEGs (short side 256-640 px, ~5% one-word captions for the
    basic filter to drop) is curated with `mmpretrain.curate.pipeline.curate` in a fresh subprocess per run (a fresh
