@@ -285,7 +285,8 @@ def embedder_on_ray(spec: str, shape: tuple[int, ...], tables: list, threads: in
     timed = ends[-1] - ends[0]
     return {"init_s": init_s, "first_output_s": arrivals[0] - started, "whole_s": arrivals[-1] - started,
             "first_call_start_s": stamps[0][0] - started, "warmup_s": stamps[0][1] - stamps[0][0],
-            "batch_s": list(np.diff(ends)), "timed_s": timed, "in_calls_s": in_calls, "between_calls_s": timed - in_calls,
+            "batch_s": list(np.diff(ends)), "timed_s": timed, "in_calls_s": in_calls,
+            "between_calls_s": timed - in_calls,
             "driver_arrival_s": list(np.diff(arrivals))}
 
 
