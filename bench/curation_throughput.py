@@ -8,15 +8,20 @@ Two measurements, side by side in one run, reported as ratios (the script never 
 1. Embed overhead. N batches (`--embed SPEC@N`) of `--batch-size` generated photo-like JPEGs (decoded and put through
    each model's eval transform once, before any timing) are embedded three ways, one after the other, with
    `--threads` torch threads each:
-   - bare: in this process, what `curate.analyse.Embedder` computes for a block, on ready tensors:
-     `model.encode("image", x, normalize=True)`, the captions tokenized and `model.encode("text", ...)`, and the
-     image-caption cosine, under `torch.inference_mode()`;
-   - embedder: an `Embedder` called in this process on the same batches as Arrow tables in its input layout (the
-     layout `analyse.read_and_prepare` yields: `pixels` a flattened FixedSizeList column, `embed` a bool column),
-     i.e. the bare work plus Embedder's own Arrow <-> numpy conversions;
+   - bare: what `curate.analyse.Embedder` computes for a block, on ready tensors: `model.encode("image", x,
+     normalize=True)`, the captions tokenized and `model.encode("text", ...)`, and the image-caption cosine, under
+     `torch.inference_mode()`;
+   - embedder: an `Embedder` called in-process on the same batches as Arrow tables in its input layout (the layout
+     `analyse.read_and_prepare` yields: `pixels` a flattened FixedSizeList column, `embed` a bool column), i.e.
+     the bare work plus Embedder's own Arrow <-> numpy conversions;
    - ray: a local Ray (`ray.init(num_cpus=threads)`), `ray.data.from_arrow(tables)` -> `map_batches(Embedder,
      batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=1), num_cpus=threads)`, iterated by the
      driver with `iter_batches(batch_size=None)`.
+   Bare and embedder run in a child process at Ray's worker niceness (`--nice`, 15 as Ray sets its workers'), so
+   that all sides meet other load at the same priority; Ray's driver (this process) and daemons stay at nice 0,
+   as in `mmpretrain curate`. Even so, figures taken beside other work mean little: beside a 2-thread training
+   job, 2-thread batches of the tiny model took either ~0.04 s or ~1.4 s, in a Ray actor or not. Run it on a
+   quiet machine (`--wait-load 0.5`).
    The first batch is the warm-up everywhere and is not timed. Bare and embedder time batches 2..N with
    `time.perf_counter`. Ray Data's actors do not outlive one execution, so actor start-up and model load cannot
    be taken out by a warm-up run, and the driver's `iter_batches` arrival times are no clock either: Ray hands
@@ -243,8 +248,9 @@ def stamped_embedder():
             started = time.time()
             out = super().__call__(table)
             ended = time.time()
-            return out.append_column("call_start", pa.array([started] * out.num_rows, pa.float64())
-                                     ).append_column("call_end", pa.array([ended] * out.num_rows, pa.float64()))
+            n = out.num_rows
+            return out.append_column("call_start", pa.array([started] * n, pa.float64())).append_column(
+                "call_end", pa.array([ended] * n, pa.float64())).append_column("nice", pa.array([os.nice(0)] * n))
 
     return StampedEmbedder
 
@@ -267,6 +273,7 @@ def embedder_on_ray(spec: str, shape: tuple[int, ...], tables: list, threads: in
             fn_constructor_kwargs=dict(model_spec=spec, pixel_shape=shape, with_text=True, threads=threads,
                                        use_gpu=False))
         calls: set[tuple[float, float]] = set()
+        nice: set[int] = set()
         arrivals, rows = [], 0
         started = time.time()
         for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
@@ -274,6 +281,7 @@ def embedder_on_ray(spec: str, shape: tuple[int, ...], tables: list, threads: in
             rows += block.num_rows
             assert "image_emb" in block.column_names and "clip_score" in block.column_names
             calls.update(zip(block.column("call_start").to_pylist(), block.column("call_end").to_pylist()))
+            nice.update(block.column("nice").to_pylist())
     finally:
         ray.shutdown()
     expected = sum(t.num_rows for t in tables)
@@ -283,35 +291,58 @@ def embedder_on_ray(spec: str, shape: tuple[int, ...], tables: list, threads: in
     ends = [end for _, end in stamps]
     in_calls = sum(end - start for start, end in stamps[1:])
     timed = ends[-1] - ends[0]
-    return {"init_s": init_s, "first_output_s": arrivals[0] - started, "whole_s": arrivals[-1] - started,
+    return {"actor_nice": sorted(nice), "init_s": init_s, "first_output_s": arrivals[0] - started,
+            "whole_s": arrivals[-1] - started,
             "first_call_start_s": stamps[0][0] - started, "warmup_s": stamps[0][1] - stamps[0][0],
             "batch_s": list(np.diff(ends)), "timed_s": timed, "in_calls_s": in_calls,
             "between_calls_s": timed - in_calls,
             "driver_arrival_s": list(np.diff(arrivals))}
 
 
-def embed_overhead(spec: str, batches: int, args: argparse.Namespace) -> dict[str, Any]:
+def finish(measured: dict[str, Any], window: Window, batches: int, batch_size: int) -> dict[str, Any]:
+    measured.update(window.close())
+    measured["samples_per_s"] = (batches - 1) * batch_size / measured["timed_s"]
+    measured["batch_median_s"] = statistics.median(measured["batch_s"])
+    return measured
+
+
+def in_process_sides(spec: str, batches: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The bare and in-process Embedder sides (run in a child process at Ray's worker niceness)."""
     samples = synth_samples(min(batches * args.batch_size, 512), seed=args.seed)
     bench, load_s, shape, plain, tables = prepare(spec, samples, batches, args.batch_size)
-    result: dict[str, Any] = {"model": spec, "batches": batches, "batch_size": args.batch_size,
-                              "timed_batches": batches - 1, "pixel_shape": list(shape), "bare_model_load_s": load_s,
+    result: dict[str, Any] = {"pixel_shape": list(shape), "bare_model_load_s": load_s, "nice": os.nice(0),
                               "params_m": round(sum(p.numel() for p in bench.model.parameters()) / 1e6, 2)}
-    sides = ("bare", "embedder", "ray") if args.in_process else ("bare", "ray")
-    for side in sides:
+    for side in ("bare", "embedder") if args.in_process else ("bare",):
         window = Window()
-        print(f"  {spec} {side} (load {window.load_before})", flush=True)
+        print(f"  {spec} {side} (load {window.load_before}, nice {result['nice']})", flush=True)
         if side == "bare":
             measured = bare(bench, plain, args.threads)
-        elif side == "embedder":
-            measured = embedder_in_process(spec, shape, tables, args.threads)
         else:
-            measured = embedder_on_ray(spec, shape, tables, args.threads, args.batch_size)
-        measured.update(window.close())
-        measured["samples_per_s"] = (batches - 1) * args.batch_size / measured["timed_s"]
-        measured["batch_median_s"] = statistics.median(measured["batch_s"])
-        result[side] = measured
+            measured = embedder_in_process(spec, shape, tables, args.threads)
+        result[side] = finish(measured, window, batches, args.batch_size)
+    return result
+
+
+def embed_overhead(spec: str, batches: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Bare and in-process Embedder in a child process niced like Ray's workers (Ray runs them at
+    RAY_worker_niceness, 15 by default, under its nice-0 driver and daemons: on a shared machine the two sides must
+    meet other load at the same priority), then Embedder on Ray from this process."""
+    result_file = args.workdir / "in-process.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--in-process-child", spec, str(batches),
+               str(result_file), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--seed", str(args.seed), *([] if args.in_process else ["--no-in-process"])]
+    increment = max(0, args.nice - os.nice(0))
+    subprocess.run(command, check=True, preexec_fn=lambda: os.nice(increment))
+    result: dict[str, Any] = {"model": spec, "batches": batches, "batch_size": args.batch_size,
+                              "timed_batches": batches - 1, **json.loads(result_file.read_text())}
+    samples = synth_samples(min(batches * args.batch_size, 512), seed=args.seed)
+    _, _, shape, _, tables = prepare(spec, samples, batches, args.batch_size)
+    window = Window()
+    print(f"  {spec} ray (load {window.load_before})", flush=True)
+    result["ray"] = finish(embedder_on_ray(spec, shape, tables, args.threads, args.batch_size), window, batches,
+                           args.batch_size)
     base = result["bare"]
-    for side in sides[1:]:
+    for side in ("embedder", "ray") if args.in_process else ("ray",):
         result[f"{side}_over_bare"] = result[side]["timed_s"] / base["timed_s"]
         result[f"{side}_over_bare_median_batch"] = result[side]["batch_median_s"] / base["batch_median_s"]
     return result
@@ -496,10 +527,18 @@ def main(argv: list[str] | None = None) -> int:
                              "measuring if it is not within --wait-max")
     parser.add_argument("--wait-max", type=float, default=600.0, help="seconds to wait for --wait-load at most")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--nice", type=int, default=int(os.environ.get("RAY_worker_niceness", 15)),
+                        help="niceness of the bare and in-process sides: Ray's worker niceness (default 15)")
     parser.add_argument("--e2e-child", nargs=2, metavar=("CONFIG", "RESULT"), help=argparse.SUPPRESS)
+    parser.add_argument("--in-process-child", nargs=3, metavar=("SPEC", "BATCHES", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.e2e_child:
         return e2e_child(*args.e2e_child)
+    if args.in_process_child:
+        logging.basicConfig(level=logging.ERROR)
+        spec, batches, result = args.in_process_child
+        Path(result).write_text(json.dumps(in_process_sides(spec, int(batches), args), default=float))
+        return 0
     quick = args.quick
     args.embed = args.embed if args.embed is not None else (
         ["ViT-B-32@3", "mmp-tiny-rn@6"] if quick else ["ViT-B-32@5", "mmp-tiny-rn@24"])
@@ -522,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(args.threads),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "e2e_child"},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k not in ("e2e_child", "in_process_child")},
         "goals": GOALS,
         "load_at_start": waited[-1], "load_wait": waited,
         "timing": ("embed: times of batches 2..N (batch 1 is the warm-up); ray's time is from the end of the "
