@@ -1,6 +1,6 @@
 """Curation throughput: Ray's overhead on the embed stage, and how the analyse phase scales with Ray's CPUs.
 
-    python bench/curation_throughput.py                       # defaults: a few minutes on 2 cores
+    python bench/curation_throughput.py --wait-load 0.5       # defaults: about 5 minutes on 2 quiet cores
     python bench/curation_throughput.py --quick --json /tmp/ct.json    # smoke run, under a minute
 
 Two measurements, side by side in one run, reported as ratios (the script never passes or fails on a time):
@@ -39,11 +39,13 @@ Two measurements, side by side in one run, reported as ratios (the script never 
 2. End-to-end scaling. A shard set of generated JPEGs (short side 256-640 px, ~5% one-word captions for the
    basic filter to drop) is curated with `mmpretrain.curate.pipeline.curate` in a fresh subprocess per run (a fresh
    local Ray each time) with `ray.num_cpus=1` and `=2`, config: basic_filter + embed (`--e2e-model`, one thread
-   per actor, so one actor per CPU) + clip_score(top_fraction) + write. Rounds alternate the order (1, 2 then 2, 1,
-   ...). Reported: samples/s of the analyse phase (summary["seconds"]["analyse"]: read, header checks, decode,
-   transform, embed, features written; the CPU-bound stages, though it includes the actors' start-up and model
-   load), of the `curate()` call (plus Ray's start and shutdown, decide and write) and of the subprocess (plus
-   Python and torch imports), and the speedup 2 CPUs vs 1 of each (medians over rounds; goal >= 1.7 for analyse).
+   per actor, so one actor per CPU) + clip_score(top_fraction) + write; the whole set and its first half, so a
+   round is 4 runs (their order reversed every other round). Reported: samples/s of the analyse phase
+   (summary["seconds"]["analyse"]: read, header checks, decode, transform, embed, features written: the CPU-bound
+   stages, but also the actors' start-up and model loads), of the `curate()` call (plus Ray's start and shutdown,
+   decide and write) and of the subprocess (plus Python and torch imports), each with the speedup 2 CPUs vs 1
+   (goal >= 1.7 for analyse); and the marginal samples/s, (whole - half samples) / (whole - half seconds), which
+   leaves the fixed costs out (reported as `fixed_s`), with its speedup. Medians over rounds.
 
 The machine may be shared: the 1-minute load average is recorded before and after every timed measurement
 (`--wait-load L` first waits, up to `--wait-max` seconds, for it to drop below L, and measures nothing if it
@@ -350,11 +352,11 @@ def embed_overhead(spec: str, batches: int, args: argparse.Namespace) -> dict[st
 
 # ------------------------------------------------------------------------------------------- 2. end to end
 
-def e2e_config(path: Path, shards: Path, out: Path, cpus: int, args: argparse.Namespace) -> Path:
+def e2e_config(path: Path, shards: list[str], out: Path, cpus: int, args: argparse.Namespace) -> Path:
     import yaml
 
     config = {
-        "inputs": [str(shards)], "output": str(out), "group_shards": 1, "wave_groups": 1000,
+        "inputs": shards, "output": str(out), "group_shards": 1, "wave_groups": 1000,
         "ray": {"num_cpus": cpus},
         "stages": [
             {"type": "basic_filter", "min_caption_words": 2},
@@ -380,15 +382,15 @@ def e2e_child(config: str, result: str) -> int:
     return 0
 
 
-def e2e_run(shards: Path, workdir: Path, cpus: int, run: int, args: argparse.Namespace) -> dict[str, Any]:
+def e2e_run(shards: list[str], workdir: Path, cpus: int, name: str, args: argparse.Namespace) -> dict[str, Any]:
     import shutil
 
-    out = workdir / f"out-{run}-cpu{cpus}"
+    out = workdir / f"out-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    config = e2e_config(workdir / f"run-{run}-cpu{cpus}.yaml", shards, out, cpus, args)
-    result = workdir / f"run-{run}-cpu{cpus}.json"
+    config = e2e_config(workdir / f"{name}.yaml", shards, out, cpus, args)
+    result = workdir / f"{name}.json"
     window = Window()
-    print(f"  run {run}: ray.num_cpus={cpus} (load {window.load_before})", flush=True)
+    print(f"  {name}: {len(shards)} shards, ray.num_cpus={cpus} (load {window.load_before})", flush=True)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--e2e-child", str(config), str(result)],
                           capture_output=True, text=True)
@@ -401,31 +403,58 @@ def e2e_run(shards: Path, workdir: Path, cpus: int, run: int, args: argparse.Nam
     samples = int(summary["samples"])
     seconds = summary["seconds"]
     shutil.rmtree(out, ignore_errors=True)
-    return {"cpus": cpus, **quiet, "samples": samples,
+    return {"cpus": cpus, "shards": len(shards), **quiet, "samples": samples,
             "kept": summary["kept"], "dropped": summary["dropped"], "seconds": seconds,
             "curate_s": child["curate_s"], "process_s": wall,
             "analyse_samples_per_s": samples / seconds["analyse"], "curate_samples_per_s": samples / child["curate_s"],
             "process_samples_per_s": samples / wall}
 
 
+def _time_of(run: dict[str, Any], key: str) -> float:
+    return run["seconds"]["analyse"] if key == "analyse" else run[f"{key}_s"]
+
+
 def e2e_scaling(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    shards = write_shard_set(workdir / "shards", args.e2e_shards, args.e2e_per_shard, args.seed)
+    """Each round curates the whole set and its first half with 1 and 2 CPUs (the order reversed every other
+    round). The whole set's times give the samples/s as a user sees them; the difference between the whole set and
+    the half gives the marginal samples/s, without the fixed costs (Ray's and the actors' start-up, model loads)."""
+    folder = write_shard_set(workdir / "shards", args.e2e_shards, args.e2e_per_shard, args.seed)
+    from mmpretrain.data.shards import expand_shards
+
+    full = expand_shards(str(folder))
+    half = full[:len(full) // 2]
+    plan = [(1, "full"), (2, "full"), (2, "half"), (1, "half")]
     runs = []
     for r in range(args.e2e_rounds):
-        for cpus in ((1, 2) if r % 2 == 0 else (2, 1)):
-            runs.append(e2e_run(shards, workdir, cpus, r, args))
-    result: dict[str, Any] = {"model": args.e2e_model, "shards": args.e2e_shards, "per_shard": args.e2e_per_shard,
-                              "batch_size": args.e2e_batch_size, "rounds": args.e2e_rounds, "runs": runs}
+        for cpus, size in plan if r % 2 == 0 else plan[::-1]:
+            runs.append({"round": r, "set": size, **e2e_run(full if size == "full" else half, workdir, cpus,
+                                                              f"round{r}-{size}-cpu{cpus}", args)})
+    result: dict[str, Any] = {"model": args.e2e_model, "shards": len(full), "per_shard": args.e2e_per_shard,
+                              "half_shards": len(half), "batch_size": args.e2e_batch_size, "rounds": args.e2e_rounds,
+                              "runs": runs}
+
+    def pick(cpus: int, size: str) -> list[dict[str, Any]]:
+        return [run for run in runs if run["cpus"] == cpus and run["set"] == size]
+
+    samples = {size: pick(1, size)[0]["samples"] for size in ("full", "half")}
     for key in ("analyse", "curate", "process"):
-        def time_of(run: dict[str, Any]) -> float:
-            return run["seconds"]["analyse"] if key == "analyse" else run[f"{key}_s"]
-        one = statistics.median(time_of(run) for run in runs if run["cpus"] == 1)
-        two = statistics.median(time_of(run) for run in runs if run["cpus"] == 2)
-        samples = runs[0]["samples"]
-        per_round = [time_of(a) / time_of(b) for a, b in zip([x for x in runs if x["cpus"] == 1],
-                                                             [x for x in runs if x["cpus"] == 2])]
-        result[key] = {"cpu1_s": one, "cpu2_s": two, "cpu1_samples_per_s": samples / one,
-                       "cpu2_samples_per_s": samples / two, "speedup": one / two, "speedup_per_round": per_round}
+        entry: dict[str, Any] = {}
+        for cpus in (1, 2):
+            whole = statistics.median(_time_of(run, key) for run in pick(cpus, "full"))
+            part = statistics.median(_time_of(run, key) for run in pick(cpus, "half"))
+            extra = whole - part
+            entry[f"cpu{cpus}_s"] = whole
+            entry[f"cpu{cpus}_half_s"] = part
+            entry[f"cpu{cpus}_samples_per_s"] = samples["full"] / whole
+            rate = (samples["full"] - samples["half"]) / extra if extra > 0 else None
+            entry[f"cpu{cpus}_marginal_samples_per_s"] = rate
+            entry[f"cpu{cpus}_fixed_s"] = whole - samples["full"] / rate if rate else None
+        entry["speedup"] = entry["cpu1_s"] / entry["cpu2_s"]
+        entry["speedup_per_round"] = [_time_of(a, key) / _time_of(b, key)
+                                      for a, b in zip(pick(1, "full"), pick(2, "full"))]
+        one, two = entry["cpu1_marginal_samples_per_s"], entry["cpu2_marginal_samples_per_s"]
+        entry["marginal_speedup"] = two / one if one and two else None
+        result[key] = entry
     return result
 
 
@@ -468,7 +497,7 @@ def wait_quiet(limit: Optional[float], longest: float) -> list[float]:
 def table(report: dict[str, Any]) -> str:
     lines = ["Embed stage: Ray's overhead over the bare forward (timed batches 2..N; ratio = time / bare time)",
              f"{'model':<12} {'side':<9} {'samples/s':>10} {'timed s':>8} {'ratio':>6} {'median-batch ratio':>19} "
-             f"{'load':>5} {'others':>6}"]
+             f"{'load':>5} {'others':>6}"] if report["embed"] else []
     for entry in report["embed"]:
         for side in ("bare", "embedder", "ray"):
             if side not in entry:
@@ -485,18 +514,26 @@ def table(report: dict[str, Any]) -> str:
                      f"(bare: load {entry['bare_model_load_s']:.1f} s + warm-up {entry['bare']['warmup_s']:.1f} s)")
     e2e = report.get("e2e")
     if e2e:
-        samples = e2e["runs"][0]["samples"]
-        lines += ["", f"End to end: {samples} samples, {e2e['shards']} shards, embed {e2e['model']}, medians of "
-                      f"{e2e['rounds']} round(s)",
-                  f"{'phase':<34} {'1 CPU /s':>9} {'2 CPUs /s':>10} {'speedup':>8}"]
+        samples = next(run["samples"] for run in e2e["runs"] if run["set"] == "full")
+        lines += ["", f"End to end: {samples} samples in {e2e['shards']} shards (and the first {e2e['half_shards']}), "
+                      f"embed {e2e['model']}, medians of {e2e['rounds']} round(s); marginal: the whole set less "
+                      "the half, without fixed costs",
+                  f"{'phase':<36} {'1 CPU /s':>9} {'2 CPUs /s':>10} {'speedup':>8}   {'marginal 1 / 2 CPUs /s':>22} "
+                  f"{'speedup':>8} {'fixed s 1 / 2':>14}"]
         names = {"analyse": "analyse (read+decode+embed)", "curate": "curate() (+ray start, decide, write)",
                  "process": "whole subprocess (+imports)"}
+
+        def number(value: Optional[float], digits: int = 1) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
         for key, name in names.items():
             m = e2e[key]
-            lines.append(f"{name:<34} {m['cpu1_samples_per_s']:>9.1f} {m['cpu2_samples_per_s']:>10.1f} "
-                         f"{m['speedup']:>8.2f}")
-        lines.append("runs (CPUs: load before, others' CPU share): " + ", ".join(
-            f"{r['cpus']}: {r['load_before']}, {r['other_cpu_share']:.0%}" for r in e2e["runs"]))
+            marginal = f"{number(m['cpu1_marginal_samples_per_s'])} / {number(m['cpu2_marginal_samples_per_s'])}"
+            fixed = f"{number(m['cpu1_fixed_s'])} / {number(m['cpu2_fixed_s'])}"
+            lines.append(f"{name:<36} {m['cpu1_samples_per_s']:>9.1f} {m['cpu2_samples_per_s']:>10.1f} "
+                         f"{m['speedup']:>8.2f}   {marginal:>22} {number(m['marginal_speedup'], 2):>8} {fixed:>14}")
+        lines.append("runs (set, CPUs: load before, others' CPU share): " + ", ".join(
+            f"{r['set']} {r['cpus']}: {r['load_before']}, {r['other_cpu_share']:.0%}" for r in e2e["runs"]))
     lines.append("load: 1-minute average before the measurement, this benchmark's own work included; others: the "
                  "machine's CPU used by other processes during it")
     return "\n".join(lines)
@@ -506,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, one round")
     parser.add_argument("--embed", nargs="*", default=None, metavar="SPEC@BATCHES",
-                        help="models for the overhead measurement and their batch counts (default ViT-B-32@5 "
+                        help="models for the overhead measurement and their batch counts (default ViT-B-32@4 "
                              "mmp-tiny-rn@24; the first batch is the warm-up)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default 64)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads, and Ray's CPUs in 1.")
@@ -518,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-shards", type=int, default=None, help="default 12")
     parser.add_argument("--e2e-per-shard", type=int, default=None, help="default 250")
     parser.add_argument("--e2e-batch-size", type=int, default=256, help="embed batch_size and rows_per_block")
-    parser.add_argument("--e2e-rounds", type=int, default=None, help="default 2 (1 with --quick)")
+    parser.add_argument("--e2e-rounds", type=int, default=None,
+                        help="default 1 (4 runs: the set and its half, 1 and 2 CPUs)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmp-curation-throughput",
                         help="generated shards (kept for the next run) and curation outputs")
     parser.add_argument("--seed", type=int, default=0)
@@ -541,11 +579,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quick = args.quick
     args.embed = args.embed if args.embed is not None else (
-        ["ViT-B-32@3", "mmp-tiny-rn@6"] if quick else ["ViT-B-32@5", "mmp-tiny-rn@24"])
+        ["ViT-B-32@3", "mmp-tiny-rn@6"] if quick else ["ViT-B-32@4", "mmp-tiny-rn@24"])
     args.batch_size = args.batch_size or (16 if quick else 64)
     args.e2e_shards = args.e2e_shards or (4 if quick else 12)
     args.e2e_per_shard = args.e2e_per_shard or (64 if quick else 250)
-    args.e2e_rounds = args.e2e_rounds or (1 if quick else 2)
+    args.e2e_rounds = args.e2e_rounds or 1
     if args.json is None and not quick:
         args.json = REPO / "bench" / "results" / "curation_throughput.json"
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -584,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     report["summary"] = {
         **{f"embed_overhead_{e['model']}": round(e["ray_over_bare"], 3) for e in report["embed"]},
         **({"analyse_speedup_2_vs_1": round(report["e2e"]["analyse"]["speedup"], 3),
+            "analyse_marginal_speedup_2_vs_1": report["e2e"]["analyse"]["marginal_speedup"],
             "curate_speedup_2_vs_1": round(report["e2e"]["curate"]["speedup"], 3)} if args.e2e else {}),
     }
     print()
