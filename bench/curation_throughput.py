@@ -202,7 +202,7 @@ def prepare(spec: str, samples: list[tuple[bytes, str]], batches: int, batch_siz
                 "captions": [1] * batch_size, "width": [shape[2]] * batch_size, "height": [shape[1]] * batch_size,
                 "read_reason": [None] * batch_size, "embed": [True] * batch_size}
         plain.append((pixels, captions))
-        tables.append(_block(rows, [p.reshape(-1) for p in pixels], int(np.prod(shape))))
+        tables.append(_block(rows, [p.reshape(-1) for p in pixels], int(np.prod(shape)), True))
     return bench, load_s, shape, plain, tables
 
 

@@ -27,7 +27,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--restart", action="store_true", help="discard what an earlier run left in the output "
                                                                "folder and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come after the flags
 
 
 def main(argv: list[str] | None = None) -> int:
