@@ -206,9 +206,10 @@ def test_a_changed_config_redoes_what_it_changes_and_refuses_the_rest(data, clea
 
 def test_cli_bad_config_is_one_line(tmp_path):
     bad = tmp_path / "c.yaml"
-    bad.write_text("inputs: [x]\noutput: y\nstages: [{type: embed, model: m}, {type: dedup, clusters: 0}, "
+    bad.write_text("inputs: [x]\noutput: y\nstages: [{type: embed, model: m}, {type: dedup, clusters: 5}, "
                    "{type: write}]\n")
-    result = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "curate", str(bad)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mmpretrain.cli", "curate", str(bad), "--no-progress",
+                             "stages.1.clusters=0"], capture_output=True,
                             text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
