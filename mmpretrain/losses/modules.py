@@ -157,9 +157,12 @@ class ClipLoss(_GlobalBatchLoss):
     def _ring(self, images: torch.Tensor, positives: torch.Tensor, columns: torch.Tensor, logit_scale: torch.Tensor,
               layout: RingLayout, rows: Optional[float] = None) -> torch.Tensor:
         """`softmax_local_loss` with both all-pairs terms from the ring kernel; `columns` = `text_columns`."""
+        # The positive term first: autograd runs the later node first, so the ring's backward (the peak) is over
+        # before the positive term's `[B, D]` gradients exist, and those are added in place into the features'.
+        positive = positive_logits(images, positives, logit_scale)
         image_lse, caption_lse = ring_pair_logsumexp(images, columns, logit_scale, layout, self.chunk_size,
                                                      self.group)
-        return softmax_loss_from_lse(image_lse, caption_lse, positive_logits(images, positives, logit_scale), rows)
+        return softmax_loss_from_lse(image_lse, caption_lse, positive, rows)
 
 
 class SigLipLoss(_GlobalBatchLoss):
