@@ -145,11 +145,11 @@ class _RingPairLogSumExp(torch.autograd.Function):
                 # d lse_row / d logit = row softmax, times the row's incoming gradient
                 weights = torch.sub(logits, image_stats[0]).exp_().mul_(image_stats[1])
                 d_scale += torch.dot(weights.reshape(-1), raw.reshape(-1))
-                if are_captions:  # the same for the caption's lse, a softmax down the column
-                    column = logits.sub_(stats[0, start:stop]).exp_().mul_(stats[1, start:stop])
-                    d_scale_block += torch.dot(column.reshape(-1), raw.reshape(-1))
-                    weights += column
-                del raw, logits
+                if are_captions:  # the same for the caption's lse, a softmax down the column (in place)
+                    logits.sub_(stats[0, start:stop]).exp_().mul_(stats[1, start:stop])
+                    d_scale_block += torch.dot(logits.reshape(-1), raw.reshape(-1))
+                    weights += logits
+                del raw, logits  # no other name may hold them: the next chunk's would double the temporaries
                 weights.mul_(scale)  # d logit / d image = scale * text, and vice versa
                 d_images.addmm_(weights, block_chunk)
                 d_block[start:stop].addmm_(weights.T, images)
