@@ -10,7 +10,8 @@ features (forward + backward), twice:
   `torch.cuda.max_memory_allocated()` for the loss alone (inputs excluded, their gradients included; before the
   ring benchmark the inputs' storages were counted once a view of them was taken, which every loss does: 2 x
   local batch x D more on every row);
-- time: without the mode, ranks in step (barrier), slowest rank's wall time, best of `--repeats`.
+- time: without the mode, ranks in step (barrier), slowest rank's wall time, best of `--repeats`; `cpu_share` in
+  the JSON rows is the fraction of the machine's cores the ranks used meanwhile (well below 1: others' jobs ran).
 
 Prints a Markdown table (peak MiB per rank = max over ranks) and, with --json, writes the raw rows.
 """
@@ -119,16 +120,17 @@ def _worker(rank: int, world_size: int, port: int, args: argparse.Namespace, glo
         tracker = LiveTensorBytes(exclude=inputs)
         with tracker:
             step(loss_fn, inputs)
-        best = float("inf")
+        best, best_cpu = float("inf"), 0.0
         for _ in range(args.repeats):
             dist.barrier()
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             step(loss_fn, inputs)
             dist.barrier()  # sync point: a step is as slow as its slowest rank
-            best = min(best, time.perf_counter() - start)
+            if time.perf_counter() - start < best:
+                best, best_cpu = time.perf_counter() - start, time.process_time() - cpu
         rows.append({"loss": name, "world_size": world_size, "global_batch": global_batch, "local_batch": local,
                      "dim": args.dim, "chunk": args.ring_chunk if name == "ours clip ring" else args.chunk,
-                     "rank": rank, "peak_mib": tracker.peak / 2**20, "time_s": best,
+                     "rank": rank, "peak_mib": tracker.peak / 2**20, "time_s": best, "cpu_s": best_cpu,
                      "threads": torch.get_num_threads()})
     Path(out, f"rank{rank}.json").write_text(json.dumps(rows))
     dist.barrier()
@@ -150,7 +152,11 @@ def run_job(args: argparse.Namespace, world_size: int, global_batch: int) -> lis
     merged = []
     for rows in zip(*per_rank):
         row = dict(rows[0], peak_mib=max(r["peak_mib"] for r in rows), time_s=max(r["time_s"] for r in rows))
+        # The share of the machine's cores our ranks used during the best step (CPU seconds of every thread of
+        # every rank / wall / cores): well below 1 when other jobs took CPU and the time is not clean.
+        row["cpu_share"] = round(sum(r["cpu_s"] for r in rows) / row["time_s"] / (os.cpu_count() or 1), 3)
         row.pop("rank")
+        row.pop("cpu_s")
         merged.append(row)
     return merged
 
