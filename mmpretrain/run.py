@@ -138,8 +138,8 @@ def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: O
     optimizer = build_optimizer(built.model, config.optim, config.engine, device)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     config.loss.validate()
-    objective = ContrastiveObjective(built.model, build_pair_losses(built.model.pairs, config.loss.chunk_size),
-                                     train_transform.device_normalizer())
+    losses = build_pair_losses(built.model.pairs, config.loss.chunk_size, config.loss.impl)
+    objective = ContrastiveObjective(built.model, losses, train_transform.device_normalizer())
     step = StepSettings(device, config.train.precision, config.optim.grad_clip, config.data.batch_size,
                         config.train.accum_steps, process.world_size)
     engine = build_engine(config.engine, objective, optimizer, scheduler, step)

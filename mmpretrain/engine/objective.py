@@ -108,9 +108,10 @@ class ContrastiveObjective(nn.Module):
         return self._pairs_loss(features)
 
 
-def build_pair_losses(pairs: Sequence[Pair], chunk_size: Optional[int]) -> dict[str, nn.Module]:
-    """One loss module per pair, of the pair's kind."""
-    return {pair.key: build_loss(LossConfig(name=pair.loss, chunk_size=chunk_size)) for pair in pairs}  # type: ignore[arg-type]
+def build_pair_losses(pairs: Sequence[Pair], chunk_size: Optional[int], impl: str = "gather") -> dict[str, nn.Module]:
+    """One loss module per pair, of the pair's kind (`impl`: how a softmax pair reaches the global batch)."""
+    return {pair.key: build_loss(LossConfig(name=pair.loss, chunk_size=chunk_size, impl=impl))  # type: ignore[arg-type]
+            for pair in pairs}
 
 
 def concat_features(parts: Sequence[Features]) -> Features:

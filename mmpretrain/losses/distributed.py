@@ -138,3 +138,25 @@ def ring_shift_with_grad(tensor: torch.Tensor, group: ProcessGroup = None) -> to
     if world_size == 1:
         return tensor
     return _Exchange.apply(tensor, (rank + 1) % world_size, (rank - 1) % world_size, group)
+
+
+class RingShift:
+    """Tensors on their way to the right neighbour while the left neighbour's same-shaped ones arrive; `wait()`
+    returns those. Started without waiting, so the transfer runs (gloo's threads, NCCL's stream) while the caller
+    computes. Every rank must start the same shifts in the same order; `tag` keeps the kinds of message of one
+    algorithm apart (a receive only ever matches the send of the same tag)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], group: ProcessGroup = None, tag: int = 0) -> None:
+        rank, world_size = rank_and_world_size(group)
+        right, left = _global_rank(group, (rank + 1) % world_size), _global_rank(group, (rank - 1) % world_size)
+        self._sent: Optional[list[torch.Tensor]] = [t.contiguous() for t in tensors]
+        self._received = [torch.empty_like(t) for t in self._sent]
+        ops = [dist.P2POp(dist.isend, t, right, group=group, tag=tag) for t in self._sent]
+        ops += [dist.P2POp(dist.irecv, t, left, group=group, tag=tag) for t in self._received]
+        self._requests = dist.batch_isend_irecv(ops)
+
+    def wait(self) -> list[torch.Tensor]:
+        for request in self._requests:
+            request.wait()  # sync point: both the sends (their buffers are released here) and the receives
+        self._sent = None
+        return self._received

@@ -128,11 +128,34 @@ def softmax_local_loss(image_features: torch.Tensor, positives: torch.Tensor, al
     the mean over ranks is then the mean cross-entropy over the N_valid complete pairs of the global batch.
     """
     batch, num_pos, dim = positives.shape
-    pos = positive_logits(image_features, positives, logit_scale)
-    image_to_text = _mean_rows(lse(image_features, all_text_columns, logit_scale) - pos.mean(dim=1), rows)
-    text_to_image = _mean_rows(lse(positives.reshape(batch * num_pos, dim), all_image_features, logit_scale)
-                               - pos.reshape(-1), None if rows is None else rows * num_pos)
+    return softmax_loss_from_lse(lse(image_features, all_text_columns, logit_scale),
+                                 lse(positives.reshape(batch * num_pos, dim), all_image_features, logit_scale),
+                                 positive_logits(image_features, positives, logit_scale), rows)
+
+
+def softmax_loss_from_lse(image_lse: torch.Tensor, caption_lse: torch.Tensor, positive: torch.Tensor,
+                          rows: Optional[float] = None) -> torch.Tensor:
+    """`softmax_local_loss` once its two all-pairs terms are known, however they were computed.
+
+    `image_lse [B]`: each local image's logsumexp over every text column of the global batch; `caption_lse
+    [B * P]`: each local positive caption's (image-major) over every image of the global batch; `positive [B, P]`:
+    `positive_logits`. Cross-entropy = logsumexp - target logit, the image's target being the mean of its P
+    positive logits (soft target 1/P); the two directions are averaged. `rows`: as in `softmax_local_loss`.
+    """
+    num_pos = positive.shape[1]
+    image_to_text = _mean_rows(image_lse - positive.mean(dim=1), rows)
+    text_to_image = _mean_rows(caption_lse - positive.reshape(-1), None if rows is None else rows * num_pos)
     return (image_to_text + text_to_image) / 2
+
+
+def pair_logsumexp(images: torch.Tensor, columns: torch.Tensor, num_captions: int,
+                   scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both all-pairs terms of the softmax loss from one logit matrix `scale * images @ columns.T`: its row
+    logsumexp `[R]` (image->text) and the column logsumexp of its first `num_captions` columns (text->image: a
+    caption's row over the images is a column here). The plain, one-process form of `ring.ring_pair_logsumexp`
+    when `images` and `columns` are the whole global batch; holds the `[R, M]` logits."""
+    logits = scale * images @ columns.T
+    return torch.logsumexp(logits, dim=1), torch.logsumexp(logits[:, :num_captions], dim=0)
 
 
 def sigmoid_local_loss(image_features: torch.Tensor, positives: torch.Tensor, local_text_columns: torch.Tensor,

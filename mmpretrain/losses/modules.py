@@ -30,7 +30,9 @@ from mmpretrain.losses.distributed import (ProcessGroup, all_gather_counts, all_
                                            all_gather_with_grad, pad_rows, rank_and_world_size,
                                            ring_shift_with_grad)
 from mmpretrain.losses.functional import (as_negative_rows, as_positives, complete_pairs, negatives_per_sample,
-                                          rows_per_rank, sigmoid_local_loss, softmax_local_loss, text_columns)
+                                          positive_logits, rows_per_rank, sigmoid_local_loss, softmax_local_loss,
+                                          softmax_loss_from_lse, text_columns)
+from mmpretrain.losses.ring import RingLayout, ring_pair_logsumexp
 
 
 @dataclass
@@ -40,15 +42,32 @@ class LossConfig:
     `siglip` needs the model's learnable bias (`init_logit_bias`, e.g. -10). `chunk_size` switches both losses
     to blockwise mode: logits are recomputed in backward in `[local batch, chunk_size]` blocks, so loss memory
     stops growing with the global batch (costs one extra matmul per block in backward).
+
+    `impl` is how `clip` reaches the global batch: `gather` all-gathers the features (O(global batch x D) per rank
+    for them and their gradients), `ring` passes text blocks from rank to rank instead (`losses/ring.py`), so
+    per-rank memory is O(local batch x (D + chunk_size)) whatever the world size (`chunk_size: null` then scores a
+    rank's whole block at once). Same loss and gradients; masks, several positives and hard negatives alike.
+    `siglip` always runs on a ring and ignores `impl`.
     """
 
     name: Literal["clip", "siglip"] = "clip"
     chunk_size: Optional[int] = None
+    impl: Literal["gather", "ring"] = "gather"
 
     def validate(self) -> None:
         if self.name not in _LOSSES:
             raise ConfigError(f"loss.name: unknown loss {self.name!r}; expected one of {sorted(_LOSSES)}")
         check_chunk_size(self.chunk_size, "loss.chunk_size")
+        check_impl(self.impl, "loss.impl")
+
+
+IMPLS = ("gather", "ring")
+
+
+def check_impl(impl: str, key: str = "impl") -> None:
+    """`gather` or `ring`; anything else a ConfigError (a ValueError) naming `key`."""
+    if impl not in IMPLS:
+        raise ConfigError(f"{key}: unknown implementation {impl!r}; expected one of {list(IMPLS)}")
 
 
 class _GlobalBatchLoss(nn.Module):
@@ -81,14 +100,21 @@ def _scaled(counts: Sequence[int], rows_per_sample: int) -> list[int]:
 
 
 class ClipLoss(_GlobalBatchLoss):
-    """Softmax (CLIP / InfoNCE) loss over the global batch, features all-gathered with gradient.
+    """Softmax (CLIP / InfoNCE) loss over the global batch, features all-gathered with gradient (`impl="gather"`)
+    or text blocks passed around a ring of ranks (`impl="ring"`, see `LossConfig` and `losses/ring.py`).
 
     `text_features` is `[B, D]` or `[B, P, D]` (P positives per image, soft target 1/P each);
     `negative_text_features` (`[B * k, D]` or `[B, k, D]`) are extra text columns for every image of every rank.
     `logit_bias` is accepted for signature compatibility and ignored: softmax is invariant to it.
     `mask` (`[B]` bool): see the module docstring; the complete pairs are gathered with variable-length
-    all-gathers (padded to the longest rank, padding cut out), so no padding ever becomes a row or column.
+    all-gathers (padded to the longest rank, padding cut out), so no padding ever becomes a row or column; on the
+    ring, blocks travel padded to the longest and each rank cuts the padding off the block it holds.
     """
+
+    def __init__(self, chunk_size: Optional[int] = None, group: ProcessGroup = None, impl: str = "gather") -> None:
+        super().__init__(chunk_size, group)
+        check_impl(impl)
+        self.impl = impl
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: Optional[torch.Tensor] = None, negative_text_features: Optional[torch.Tensor] = None,
@@ -97,6 +123,11 @@ class ClipLoss(_GlobalBatchLoss):
             return self._masked(image_features, text_features, logit_scale, negative_text_features, mask)
         positives = as_positives(text_features)
         negatives = as_negative_rows(negative_text_features, image_features.shape[-1])
+        if self.impl == "ring":
+            batch, num_pos = positives.shape[:2]
+            columns = text_columns(positives, negatives)
+            layout = RingLayout.uniform(columns.shape[0], batch * num_pos, rank_and_world_size(self.group)[1])
+            return self._ring(image_features, positives, columns, logit_scale, layout)
         all_images = all_gather_with_grad(image_features, self.group)
         all_columns = all_gather_with_grad(positives.reshape(-1, positives.shape[-1]), self.group)
         if negatives is not None:
@@ -110,6 +141,10 @@ class ClipLoss(_GlobalBatchLoss):
         dim = image_features.shape[-1]
         images, positives, negatives, k = _masked_inputs(mask, image_features, text_features, negative_text_features)
         counts = self._valid_counts(images)
+        rows = rows_per_rank(sum(counts), len(counts))
+        if self.impl == "ring":
+            layout = RingLayout.of_counts(counts, positives.shape[1], k)
+            return self._ring(images, positives, text_columns(positives, negatives), logit_scale, layout, rows)
         all_images = all_gather_varlen_with_grad(images, counts, self.group)
         all_columns = all_gather_varlen_with_grad(positives.reshape(-1, dim), _scaled(counts, positives.shape[1]),
                                                   self.group)
@@ -117,7 +152,17 @@ class ClipLoss(_GlobalBatchLoss):
             all_columns = torch.cat([all_columns, all_gather_varlen_with_grad(negatives, _scaled(counts, k),
                                                                               self.group)], dim=0)
         return softmax_local_loss(images, positives, all_images, all_columns, logit_scale,
-                                  lse=logsumexp_kernel(self.chunk_size), rows=rows_per_rank(sum(counts), len(counts)))
+                                  lse=logsumexp_kernel(self.chunk_size), rows=rows)
+
+    def _ring(self, images: torch.Tensor, positives: torch.Tensor, columns: torch.Tensor, logit_scale: torch.Tensor,
+              layout: RingLayout, rows: Optional[float] = None) -> torch.Tensor:
+        """`softmax_local_loss` with both all-pairs terms from the ring kernel; `columns` = `text_columns`."""
+        # The positive term first: autograd runs the later node first, so the ring's backward (the peak) is over
+        # before the positive term's `[B, D]` gradients exist, and those are added in place into the features'.
+        positive = positive_logits(images, positives, logit_scale)
+        image_lse, caption_lse = ring_pair_logsumexp(images, columns, logit_scale, layout, self.chunk_size,
+                                                     self.group)
+        return softmax_loss_from_lse(image_lse, caption_lse, positive, rows)
 
 
 class SigLipLoss(_GlobalBatchLoss):
@@ -177,4 +222,6 @@ _LOSSES: dict[str, type[_GlobalBatchLoss]] = {"clip": ClipLoss, "siglip": SigLip
 def build_loss(config: LossConfig) -> nn.Module:
     """The loss module a config names (the default process group is used when one is initialised)."""
     config.validate()
+    if config.name == "clip":
+        return ClipLoss(chunk_size=config.chunk_size, impl=config.impl)
     return _LOSSES[config.name](chunk_size=config.chunk_size)
