@@ -6,9 +6,10 @@
 The pipelines read the same generated shards (or `--shards DIR`) with open_clip's ViT-B-32 train recipe
 (RandomResizedCrop(S, scale=(0.9, 1.0)) bicubic, RGB, ToTensor, Normalize) and tokenizer:
 
-- ours: `mmpretrain.data.pipeline.build_train_loader` (a torch DataLoader over our ShardStream) with our train
-  transform as training uses it (`data/augment.py`: the same crop, with big JPEGs decoded at reduced scale, and
-  uint8 images normalised on arrival in the training process, as training does on its device);
+- ours: `mmpretrain.data.loader.TrainLoader` (a torch DataLoader over our ReaderStream with the default
+  image-text stages, built as `run.py` builds it) with our train transform as training uses it (`data/augment.py`:
+  the same crop, with big JPEGs decoded at reduced scale, and uint8 images normalised on arrival in the training
+  process, as training does on its device);
 - ours_full_decode: the same with `reduced_jpeg_decode` off: the images that reach the model are identical to
   open_clip's transform's;
 - open_clip: `open_clip_train.data.get_wds_dataset(..., is_train=True)` (a wds.WebLoader over a wds.DataPipeline)
@@ -62,9 +63,11 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmpretrain.data.augment import AugmentConfig, build_train_transform  # noqa: E402
-from mmpretrain.data.pipeline import DataConfig, build_train_loader  # noqa: E402
+from mmpretrain.data.config import DataConfig  # noqa: E402
+from mmpretrain.data.loader import TrainLoader  # noqa: E402
 from mmpretrain.data.shard_writer import ShardWriter  # noqa: E402
 from mmpretrain.data.shards import expand_shards  # noqa: E402
+from mmpretrain.data.stages import StageEnv  # noqa: E402
 
 DISTRIBUTIONS = ("web", "resized256", "resized512")
 PIPELINES = ("ours", "ours_full_decode", "open_clip")
@@ -133,11 +136,10 @@ def write_shards(out_dir: Path, kind: str, samples: int, per_shard: int, seed: i
             "bits_per_pixel": 8 * nbytes / pixels}
 
 
-def ours(shards: list[str], transform: Callable, tokenizer: Callable, args: argparse.Namespace) -> Iterable:
+def ours(shards: list[str], transform: Callable, tokenizer: Callable, args: argparse.Namespace) -> TrainLoader:
     config = DataConfig(train=shards, batch_size=args.batch_size, num_workers=args.workers,
                         shuffle_buffer=args.shuffle_buffer)
-    loader, _ = build_train_loader(config, transform, tokenizer, seed=args.seed)
-    return loader
+    return TrainLoader(config, StageEnv(config, transform, tokenizer), seed=args.seed)
 
 
 def patch_open_clip_for_webdataset() -> None:
@@ -166,7 +168,7 @@ def open_clip_wds(shards: list[str], transform: Callable, tokenizer: Callable, a
 
 
 def as_pairs(loader: Iterable, finish: Callable[[torch.Tensor], torch.Tensor]) -> Batches:
-    """(images, texts) from either loader: ours yields dicts (its "_"-prefixed position keys are ignored).
+    """(images, texts) from either loader: ours yields dicts (its TrainLoader has taken the batch's position off).
     `finish` is what training does to the images on arrival: ours normalises its uint8 images there (on the GPU
     in training; here on the main process's CPU, inside the timed loop)."""
     for batch in loader:
@@ -177,7 +179,9 @@ def as_pairs(loader: Iterable, finish: Callable[[torch.Tensor], torch.Tensor]) -
 def measure(build: Callable[[], Iterable], finish: Callable[[torch.Tensor], torch.Tensor], args: argparse.Namespace
             ) -> dict[str, float]:
     """One fresh loader: warm-up batches (shape-checked), then `args.batches` timed ones; workers shut down after."""
-    torch.manual_seed(args.seed)  # the DataLoader draws its workers' base seed from here: same run, same batches
+    # open_clip's DataLoader draws its workers' base seed from here: same run, same batches (ours seeds every
+    # sample from --seed and draws no worker seed from the global generator)
+    torch.manual_seed(args.seed)
     start = time.perf_counter()
     loader = build()
     batches = iter(loader)
@@ -197,7 +201,10 @@ def measure(build: Callable[[], Iterable], finish: Callable[[torch.Tensor], torc
         next(pairs)
     seconds, cpu = time.perf_counter() - timed_from, worker_cpu_seconds(workers) - cpu_from
     # Stop the workers now (not whenever the loader is collected) so none keeps prefetching into the next timing.
-    getattr(batches, "_shutdown_workers", lambda: None)()
+    if isinstance(loader, TrainLoader):
+        loader.close()
+    else:
+        getattr(batches, "_shutdown_workers", lambda: None)()
     del pairs, batches, loader
     samples = args.batches * args.batch_size
     return {"warmup_s": timed_from - start, "seconds": seconds, "worker_cpu_s": cpu,
