@@ -55,7 +55,6 @@ does not). Writes `--json` (default bench/results/curation_throughput.json; with
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -128,26 +127,14 @@ class Window:
 
 
 def synth_jpeg(rng: np.random.Generator, noise: np.ndarray) -> bytes:
-    """A photo-like JPEG (short side 256-640 px, aspect 0.6-1.8): a colour gradient, a few flat shapes, mild noise."""
-    from PIL import Image, ImageDraw
+    """A photo-like JPEG (short side 256-640 px, aspect 0.6-1.8): a colour gradient, a few flat shapes, mild noise,
+    drawn by bench/data_throughput.py's generator with 3-7 shapes, ellipses only (the images measured so far)."""
+    from bench.data_throughput import synth_jpeg as photo_like  # imported here: it loads torch and open_clip
 
     short = int(rng.integers(256, 641))
     aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.8))))
     w, h = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
-    x = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
-    y = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    base, dx, dy = (rng.uniform(lo, hi, 3).astype(np.float32) for lo, hi in ((0, 255), (-160, 160), (-160, 160)))
-    image = Image.fromarray(np.clip(base + dx * x + dy * y, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 8))):
-        x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.2, 1.0) * h
-        box = [x0, y0, x0 + rng.uniform(0.05, 0.6) * w, y0 + rng.uniform(0.05, 0.6) * h]
-        draw.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    oy, ox = int(rng.integers(0, noise.shape[0] - h + 1)), int(rng.integers(0, noise.shape[1] - w + 1))
-    pixels = np.clip(np.asarray(image, dtype=np.int16) + noise[oy:oy + h, ox:ox + w], 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return photo_like(rng, noise, w, h, None, shapes=(3, 8), rectangles=False)
 
 
 def synth_caption(rng: np.random.Generator) -> str:

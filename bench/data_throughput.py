@@ -38,8 +38,11 @@ import os
 # One intra-op thread everywhere, set before torch is imported: a worker that spreads ToTensor/Normalize over
 # several threads would measure more than one worker's worth of CPU, and the two pipelines must get the same
 # budget. (torch's DataLoader workers also call torch.set_num_threads(1) themselves; this covers OpenMP/MKL.)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
+# Only when run as the benchmark: bench/curation_throughput.py imports synth_jpeg from here, and its Ray workers
+# and subprocesses (which inherit this environment) must keep their own thread counts.
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -94,20 +97,25 @@ def image_shape(kind: str, rng: np.random.Generator) -> tuple[int, int, int | No
     return max(1, round(w * scale)), max(1, round(h * scale)), side if kind == "resized256" else None
 
 
-def synth_jpeg(rng: np.random.Generator, noise: np.ndarray, w: int, h: int, canvas: int | None) -> bytes:
+def synth_jpeg(rng: np.random.Generator, noise: np.ndarray, w: int, h: int, canvas: int | None,
+               shapes: tuple[int, int] = (3, 9), rectangles: bool = True) -> bytes:
     """A JPEG with photo-like size and decode cost: a smooth colour gradient, a few flat shapes (edges), and
     mild sensor-like noise (sigma 8, cropped from a shared field: drawing fresh noise per image is the slow part).
-    Flat colours would compress to almost nothing and pure noise to far too much; this lands near 2 bits/pixel."""
+    Flat colours would compress to almost nothing and pure noise to far too much; this lands near 2 bits/pixel.
+
+    `shapes`: the [low, high) range of the number of shapes. `rectangles=False` draws ellipses only and makes no
+    draw for the kind of shape. bench/curation_throughput.py asks for (3, 8) and no rectangles: its images, drawn
+    from the same seeds, stay byte for byte those it was measured on."""
     x = np.linspace(0, 1, w, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     base, dx, dy = (rng.uniform(lo, hi, 3).astype(np.float32) for lo, hi in ((0, 255), (-160, 160), (-160, 160)))
     image = Image.fromarray(np.clip(base + dx * x + dy * y, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(*shapes))):
         x0, y0 = rng.uniform(-0.2, 1.0) * w, rng.uniform(-0.2, 1.0) * h
         box = [x0, y0, x0 + rng.uniform(0.05, 0.6) * w, y0 + rng.uniform(0.05, 0.6) * h]
         fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.6 else draw.rectangle)(box, fill=fill)
+        (draw.ellipse if not rectangles or rng.random() < 0.6 else draw.rectangle)(box, fill=fill)
     oy, ox = int(rng.integers(0, noise.shape[0] - h + 1)), int(rng.integers(0, noise.shape[1] - w + 1))
     pixels = np.clip(np.asarray(image, dtype=np.int16) + noise[oy:oy + h, ox:ox + w], 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
