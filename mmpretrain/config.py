@@ -39,8 +39,12 @@ class TrainConfig:
     checkpoint_every: int = 0                     # 0 = only at the end
     keep_checkpoints: int = 2                     # the newest this many are kept
     progress: bool = True
+    malloc: Literal["tuned", "system"] = "tuned"  # tuned: glibc keeps freed step temporaries for reuse instead of
+    #                                               returning them to the OS each step (engine/allocator.py; the
+    #                                               measured effect: docs/BENCHMARKS.md, "Training throughput")
 
     def validate(self) -> None:
+        require(self.malloc in ("tuned", "system"), "train.malloc", self.malloc, "'tuned' or 'system'")
         require(self.steps > 0, "train.steps", self.steps, "> 0")
         require(self.accum_steps >= 1, "train.accum_steps", self.accum_steps, ">= 1")
         require(self.log_every > 0, "train.log_every", self.log_every, "> 0")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from mmpretrain.config import RunConfig, config_to_dict
 from mmpretrain.divergence import NonFiniteGuard
+from mmpretrain.engine.allocator import apply_malloc_setting
 from mmpretrain.engine.dist import all_true, barrier, detect_process, global_mean, init_distributed, shutdown
 from mmpretrain.engine.base import Engine
 from mmpretrain.engine.metrics import MetricsLog, NoMetrics
@@ -39,6 +40,7 @@ def train(config: RunConfig, resume: Optional[str] = None, overwrite: bool = Fal
           allow_changes: Sequence[str] = ()) -> TrainResult:
     """Train `config` to `train.steps`, evaluating every `eval.every_steps` and at the end. At resume, a change
     that breaks exactness is refused unless `allow_changes` names its key (mmpretrain/resume.py)."""
+    apply_malloc_setting(config.train.malloc)  # before any worker forks: they inherit it
     process = detect_process()
     init_distributed(process, require_group=config.engine.name == "deepspeed")
     try:
