@@ -33,7 +33,11 @@ MANIFEST = "data_manifest.json"
 LEGITIMATE = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
               "train.progress", "train.device", "eval", "logging", "optim.lr", "optim.warmup_steps",
               "optim.min_lr_ratio", "optim.grad_clip", "data.num_workers", "data.max_skip_fraction",
-              "data.skip_window")
+              "data.skip_window", "train.malloc")
+# Keys added after runs were already being written, with the value that reproduces what a run from before them
+# did: a checkpoint's config without the key is read as having that value, so resuming such a run is refused only
+# where the new default computes something else (optim.fused: same update, other rounding).
+ADDED_KEYS = {"loss.impl": "gather", "data.synthetic": False, "train.malloc": "system", "optim.fused": False}
 # Not compared: the run directory is the same one by construction, and data_root only reaches the run through
 # the shard specs (compared resolved).
 IGNORED = ("run_name", "output_dir", "data_root")
@@ -56,8 +60,10 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{key: (old, new)} for every leaf that differs (a key missing on one side is None there)."""
-    a, b = flatten(old), flatten(new)
+    """{key: (old, new)} for every leaf that differs (a key missing on one side is None there, except the old
+    side's ADDED_KEYS, which take the value that reproduces the run from before them)."""
+    b = flatten(new)
+    a = {**{k: v for k, v in ADDED_KEYS.items() if k in b}, **flatten(old)}
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not _matches(k, IGNORED)}
 
