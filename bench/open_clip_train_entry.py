@@ -1,0 +1,42 @@
+"""open_clip_train's `main`, as `bench/train_throughput.py` runs it: `python bench/open_clip_train_entry.py ARGS`
+(or under torchrun). Two things are done first, in this process only, neither of which changes how it trains:
+
+- our model configs (configs/models/*.json: mmp-tiny-rn, mmp-vit-s16-64) are registered with open_clip's factory,
+  so both trainers build the same towers from the same JSON;
+- open_clip_train's tar reader gets the one-line fix from webdataset#384 (`eof_value=None`): it targets
+  webdataset <= 0.2.86, and under our pinned 1.0.2 it would index the empty end-of-shard dict as a file.
+
+Environment `MMP_BENCH_MALLOC=tuned` applies the same glibc malloc settings our trainer applies at start-up
+(mmpretrain/engine/allocator.py), for the ablation that gives open_clip our allocator setting.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prepare() -> None:
+    import open_clip
+    import open_clip_train.data
+
+    open_clip.add_model_config(REPO / "configs" / "models")
+    module = open_clip_train.data
+    if not isinstance(module.tar_file_expander, functools.partial):
+        module.tar_file_expander = functools.partial(module.tar_file_expander, eof_value=None)
+    if os.environ.get("MMP_BENCH_MALLOC") == "tuned":
+        sys.path.insert(0, str(REPO))
+        from mmpretrain.engine.allocator import tune_malloc
+
+        tune_malloc()
+
+
+if __name__ == "__main__":
+    prepare()
+    from open_clip_train.main import main
+
+    main(sys.argv[1:])
