@@ -48,7 +48,8 @@ def layout(batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple
 @pytest.mark.parametrize("extra, shard_kind", [
     ((), {}),
     (tuple(AUDIO_NEGATIVES), {"hard_negatives": True, "audio": True}),
-], ids=["image-text", "audio-positives-negatives"])
+    (("data.negatives_per_sample=2", "data.online_negatives.types=[negate]"), {}),
+], ids=["image-text", "audio-positives-negatives", "online-negatives"])
 def test_the_synthetic_batch_has_a_real_batchs_keys_dtypes_and_shapes(tmp_path, extra, shard_kind):
     write_colour_shards(tmp_path / "shards", **shard_kind)
     real_config = micro_config(tmp_path / "shards", tmp_path, *extra)
@@ -59,7 +60,8 @@ def test_the_synthetic_batch_has_a_real_batchs_keys_dtypes_and_shapes(tmp_path, 
     assert isinstance(loader, SyntheticLoader)
     synthetic = loader.next_batch()
     assert layout(synthetic) == layout(real)
-    expected = {"image", "text"} | ({"audio", "audio_mask", "negative_text"} if extra else set())
+    expected = {"image", "text"} | ({"negative_text"} if extra else set()) | (
+        {"audio", "audio_mask"} if "audio" in config.model.towers else set())
     assert set(synthetic) == expected
     assert synthetic["image"].dtype == torch.uint8 and synthetic["image"].shape[-2:] == (32, 32)
     assert synthetic["text"].shape[-1] == 16  # the micro tokenizer's context length
