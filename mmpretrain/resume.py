@@ -69,9 +69,10 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[s
 
 
 def resolved_shards(config: RunConfig) -> dict[str, list[str]]:
-    """Every data source's resolved shard list, by source name (empty without training data)."""
+    """Every data source's resolved shard list, by source name (empty without training data, and with
+    data.synthetic, which ignores any shards given)."""
     data = config.data
-    if not data.train and not data.sources:
+    if data.synthetic or (not data.train and not data.sources):
         return {}
     sources = resolve_sources(data.train, data.sources, data.allow_shell_urls, data.allow_missing_shards)
     return {s.name: list(s.shards) for s in sources}

@@ -19,7 +19,7 @@ import torch
 
 from mmpretrain.config import RunConfig, config_to_dict
 from mmpretrain.data.augment import build_train_transform
-from mmpretrain.data.loader import TrainLoader
+from mmpretrain.data.factory import TrainBatches, build_train_loader
 from mmpretrain.data.stages import StageEnv
 from mmpretrain.engine.base import Engine
 from mmpretrain.engine.checkpoint import Checkpointer
@@ -60,7 +60,7 @@ class Run:
     process: ProcessInfo
     run_dir: Path
     model: BuiltModel
-    loader: TrainLoader
+    loader: TrainBatches  # the shard stream or the synthetic batch (data/factory.py)
     engine: Engine
     checkpointer: Checkpointer
     lock: Optional[RunLock] = None  # rank 0's lock of run_dir: `lock.release()` when the run ends (also at exit)
@@ -133,8 +133,8 @@ def _build_parts(config: RunConfig, process: ProcessInfo, run_dir: Path, lock: O
     train_transform = build_train_transform(built.preprocess, config.data.augment)
     env = StageEnv(config.data, train_transform, built.tokenizer, tuple(config.model.towers),
                    config.model.audio if "audio" in config.model.towers else None)
-    loader = TrainLoader(config.data, env, config.train.seed,
-                         process.rank, process.world_size, all_sum=all_sum, all_gather=all_gather)
+    loader = build_train_loader(config.data, env, config.train.seed, process.rank, process.world_size, device,
+                                all_sum=all_sum, all_gather=all_gather)
     optimizer = build_optimizer(built.model, config.optim, config.engine, device)
     scheduler = build_scheduler(optimizer, config.optim, config.train.steps)
     config.loss.validate()

@@ -39,10 +39,14 @@ class DataConfig:
     #                                                  empty: the default for the model's towers (+ negatives)
     optional: list[str] = field(default_factory=list)  # modalities a sample may lack (then masked out of the
     #                                                  pairs that need them); any other missing member is a skip
+    synthetic: bool = False                          # throughput work: no shards are read, every step gets the
+    #                                                  same pre-built random batch on the device (data/synthetic.py),
+    #                                                  so samples/s is the model-only ceiling; not learnable data
 
     def validate(self) -> None:
         """Every rule of this section and its nested ones. An empty data.train passes: a config may only evaluate
-        (the training stream refuses it)."""
+        (the training stream refuses it), or train on synthetic batches (data.synthetic, which reads no shards;
+        shards given with it are ignored, with a warning when the loader is built)."""
         require(self.batch_size >= 1, "data.batch_size", self.batch_size, ">= 1")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, ">= 0")
         require(self.shuffle_buffer >= 0, "data.shuffle_buffer", self.shuffle_buffer, ">= 0 (0 or 1: no shuffling)")

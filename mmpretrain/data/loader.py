@@ -310,6 +310,9 @@ class TrainLoader:
         """Continue from every rank's saved part: exactly when the layout is the same, else elastically."""
         if self._batches is not None:
             raise RuntimeError("load_state_dict after the first batch: the readers have already started")
+        if any(isinstance(s, Mapping) and s.get("kind") == "synthetic" for s in states):  # data/synthetic.py
+            raise ConfigError("the checkpoint's data position is a synthetic-data run's (data.synthetic=true), which "
+                              "read no shards: a real stream cannot continue it; start a new run from its weights")
         formats = {s.get("format", 1) if isinstance(s, Mapping) else 1 for s in states}
         if formats != {STATE_FORMAT}:
             raise ConfigError(f"the checkpoint's data position is in format {sorted(formats)}, this version reads "
