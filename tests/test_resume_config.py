@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from mmpretrain.cli import main, parse_args
-from mmpretrain.config import load_config
+from mmpretrain.config import config_to_dict, load_config
 from mmpretrain.engine.metrics import read_metrics
 from mmpretrain.engine.schedule import warmup_cosine
 from mmpretrain.errors import ConfigError
@@ -94,3 +94,15 @@ def test_a_changed_model_is_refused_untouched_then_resumes_with_its_own_config_o
                for r in caplog.records)
     assert load_config(run_dir / "config.2.yaml") == own and load_config(run_dir / "config.4.yaml") == allowed
     assert (run_dir / "config.yaml").read_text() == first
+
+
+def test_a_key_added_after_the_run_started_reads_as_the_old_behaviour():
+    """A checkpoint written before loss.impl / data.synthetic / train.malloc / optim.fused existed: the first three's
+    defaults compute what the old run computed, so only optim.fused (other rounding) is a difference to allow."""
+    new = config_to_dict(load_config(None))
+    old = {section: dict(values) if isinstance(values, dict) else values for section, values in new.items()}
+    for section, key in (("loss", "impl"), ("data", "synthetic"), ("train", "malloc"), ("optim", "fused")):
+        del old[section][key]
+    assert config_differences(old, new) == {"optim.fused": (False, True), "train.malloc": ("system", "tuned")}
+    new_unfused = config_to_dict(load_config(None, ["optim.fused=false", "train.malloc=system"]))
+    assert config_differences(old, new_unfused) == {}
