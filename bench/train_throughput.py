@@ -25,9 +25,10 @@ by torch.utils.flop_counter on the real towers) times samples/s: achieved FLOP/s
 the dtype is known (`--peak-tflops` otherwise).
 
 Variants (`--variants`): `ours` and `open_clip` are each trainer's defaults; the ablations explain a gap:
-`ours-system-malloc` (train.malloc=system: glibc's adaptive thresholds), `open_clip-tuned-malloc` (our malloc
-setting applied to open_clip_train), `ours-synthetic` (data.synthetic: one batch made on the device, reused:
-the model-only ceiling; needs a version with data.synthetic).
+`ours-system-malloc` (train.malloc=system: glibc's adaptive thresholds), `ours-unfused-adamw` (optim.fused=false:
+torch's per-tensor AdamW, as open_clip_train runs it), `open_clip-tuned-malloc` (our malloc setting applied to
+open_clip_train), `ours-synthetic` (data.synthetic: one batch made on the device, reused:
+the model-only ceiling).
 
 GPU rows (`vitb32-gpu`, `vitb16-gpu`: 224 px, bf16, batch 256 per GPU, open_clip_train with `--precision amp_bf16`)
 are defined for when a GPU is lent; they have not been run on this project's CPU machines.
@@ -82,7 +83,8 @@ ROWS: dict[str, Row] = {
     "vitb16-gpu": Row("ViT-B-16", batch=256, workers=8, image_px=256, precision="bf16", gpu=True),
 }
 CPU_ROWS = [name for name, row in ROWS.items() if not row.gpu]
-VARIANTS = ["ours", "open_clip", "ours-system-malloc", "open_clip-tuned-malloc", "ours-synthetic"]
+VARIANTS = ["ours", "open_clip", "ours-system-malloc", "ours-unfused-adamw", "open_clip-tuned-malloc",
+            "ours-synthetic"]
 PEAK_TFLOPS_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU (vendor data sheets)
 
 
@@ -170,6 +172,8 @@ def ours_command(row: Row, variant: str, shards: list[str], work: Path, args: ar
     ]
     if variant == "ours-system-malloc":
         overrides.append("train.malloc=system")
+    if variant == "ours-unfused-adamw":
+        overrides.append("optim.fused=false")
     if variant == "ours-synthetic":
         overrides += ["data.synthetic=true", "data.train=[]"]
     if row.procs > 1:
