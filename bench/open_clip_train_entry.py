@@ -1,5 +1,6 @@
-"""open_clip_train's `main`, as `bench/train_throughput.py` runs it: `python bench/open_clip_train_entry.py ARGS`
-(or under torchrun). Two things are done first, in this process only, neither of which changes how it trains:
+"""open_clip_train's `main`, as `bench/train_throughput.py` runs it: `python bench/open_clip_train_entry.py ARGS` or
+`... open_clip_train_entry.py FLAGS.json` (a JSON list of its flags: under torchrun, whose own parser would take
+`--logs` for an abbreviation of its `--logs-specs` even after the script's name). Two things are done first, in this process only, neither of which changes how it trains:
 
 - our model configs (configs/models/*.json: mmp-tiny-rn, mmp-vit-s16-64) are registered with open_clip's factory,
   so both trainers build the same towers from the same JSON;
@@ -13,6 +14,7 @@ Environment `MMP_BENCH_MALLOC=tuned` applies the same glibc malloc settings our 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,4 +41,7 @@ if __name__ == "__main__":
     prepare()
     from open_clip_train.main import main
 
-    main(sys.argv[1:])
+    argv = sys.argv[1:]
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        argv = json.loads(Path(argv[0]).read_text())
+    main(argv)

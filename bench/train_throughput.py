@@ -44,6 +44,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -195,10 +196,13 @@ def open_clip_command(row: Row, shards: list[str], work: Path, args: argparse.Na
         "--log-every-n-steps", str(args.log_every), "--logs", str(work), "--name", "bench",
         "--report-to", "", "--save-frequency", "0", "--device", "cuda" if row.gpu else "cpu",
     ]
-    if row.procs > 1:
-        flags += ["--local-loss", "--gather-with-grad", "--dist-backend", "nccl" if row.gpu else "gloo"]
-        return [*_torchrun(row.procs), str(REPO / "bench" / "open_clip_train_entry.py"), *flags]
-    return [sys.executable, str(REPO / "bench" / "open_clip_train_entry.py"), *flags]
+    entry = str(REPO / "bench" / "open_clip_train_entry.py")
+    if row.procs == 1:
+        return [sys.executable, entry, *flags]
+    flags += ["--local-loss", "--gather-with-grad", "--dist-backend", "nccl" if row.gpu else "gloo"]
+    flags_file = work / "open_clip_flags.json"  # not on torchrun's command line: its parser takes --logs as its own
+    flags_file.write_text(json.dumps(flags))
+    return [*_torchrun(row.procs), entry, str(flags_file)]
 
 
 def run_job(command: list[str], env: dict[str, str], log_path: Path, timeout: float) -> tuple[int, float, float,
@@ -206,17 +210,24 @@ def run_job(command: list[str], env: dict[str, str], log_path: Path, timeout: fl
     """(return code, wall s, CPU s, peak RSS MiB of the largest process in the job's tree)."""
     start = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        # Its own process group: a timeout, or this script stopped, takes torchrun's ranks and the DataLoader
+        # workers with it instead of leaving them to disturb the next job.
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                start_new_session=True)
         deadline = time.monotonic() + timeout
-        while True:  # wait4 (not Popen.wait) reports the child's resource use, its waited-for descendants' included
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.2)
+        try:
+            while True:  # wait4 (not Popen.wait): the child's resource use, its waited-for descendants' included
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.2)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
     return (proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss / 1024)
@@ -410,6 +421,7 @@ def wait_for_quiet(limit: Optional[float], longest: float) -> None:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill runs the clean-up (the job's group dies too)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="mmp-train-bench-"))
     shard_sets: dict[int, list[str]] = {}
     jobs: list[Job] = []
