@@ -5,7 +5,9 @@
 - our model configs (configs/models/*.json: mmp-tiny-rn, mmp-vit-s16-64) are registered with open_clip's factory,
   so both trainers build the same towers from the same JSON;
 - open_clip_train's tar reader gets the one-line fix from webdataset#384 (`eof_value=None`): it targets
-  webdataset <= 0.2.86, and under our pinned 1.0.2 it would index the empty end-of-shard dict as a file.
+  webdataset <= 0.2.86, and under our pinned 1.0.2 it would index the empty end-of-shard dict as a file;
+- on CPU only: its `DistributedDataParallel(model, device_ids=[device])` gets `device_ids=None` for a CPU device,
+  which torch 2.15 requires (it refuses a CPU device in device_ids), so open_clip_train's DDP runs on gloo at all.
 
 Environment `MMP_BENCH_MALLOC=tuned` applies the same glibc malloc settings our trainer applies at start-up
 (mmpretrain/engine/allocator.py), for the ablation that gives open_clip our allocator setting.
@@ -30,11 +32,26 @@ def prepare() -> None:
     module = open_clip_train.data
     if not isinstance(module.tar_file_expander, functools.partial):
         module.tar_file_expander = functools.partial(module.tar_file_expander, eof_value=None)
+    _ddp_accepts_cpu_device()
     if os.environ.get("MMP_BENCH_MALLOC") == "tuned":
         sys.path.insert(0, str(REPO))
         from mmpretrain.engine.allocator import tune_malloc
 
         tune_malloc()
+
+
+def _ddp_accepts_cpu_device() -> None:
+    import torch
+
+    base = torch.nn.parallel.DistributedDataParallel
+
+    class CpuTolerantDDP(base):  # type: ignore[misc, valid-type]
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    torch.nn.parallel.DistributedDataParallel = CpuTolerantDDP
 
 
 if __name__ == "__main__":
