@@ -135,6 +135,7 @@ class Job:
     data_wait_fraction: Optional[float] = None             # open_clip: Data (t) / Batch (t) over the timed windows
     peak_rss_mib: float = 0.0
     cpu_s: float = 0.0
+    minor_faults: int = 0                                  # the job's processes', start-up included
     wall_s: float = 0.0
     load_before: float = 0.0
     returncode: int = 0
@@ -206,8 +207,8 @@ def open_clip_command(row: Row, shards: list[str], work: Path, args: argparse.Na
 
 
 def run_job(command: list[str], env: dict[str, str], log_path: Path, timeout: float) -> tuple[int, float, float,
-                                                                                               float]:
-    """(return code, wall s, CPU s, peak RSS MiB of the largest process in the job's tree)."""
+                                                                                               float, int]:
+    """(return code, wall s, CPU s, peak RSS MiB of the largest process in the job's tree, minor page faults)."""
     start = time.perf_counter()
     with log_path.open("w") as log:
         # Its own process group: a timeout, or this script stopped, takes torchrun's ranks and the DataLoader
@@ -230,7 +231,7 @@ def run_job(command: list[str], env: dict[str, str], log_path: Path, timeout: fl
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
     return (proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss / 1024)
+            usage.ru_maxrss / 1024, usage.ru_minflt)
 
 
 def ours_windows(work: Path, samples_per_step: int, warmup_steps: int) -> list[tuple[int, float]]:
@@ -276,8 +277,8 @@ def measure(name: str, row: Row, variant: str, round_index: int, shards: list[st
     ours = variant.startswith("ours")
     command = ours_command(row, variant, shards, work, args) if ours else open_clip_command(row, shards, work, args)
     log_path = work / "job.log"
-    job.returncode, job.wall_s, job.cpu_s, job.peak_rss_mib = run_job(command, _env(row, variant), log_path,
-                                                                      args.job_timeout)
+    outcome = run_job(command, _env(row, variant), log_path, args.job_timeout)
+    job.returncode, job.wall_s, job.cpu_s, job.peak_rss_mib, job.minor_faults = outcome
     samples_per_step = row.batch * row.procs
     try:
         if job.returncode != 0:
