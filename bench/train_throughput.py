@@ -79,6 +79,7 @@ ROWS: dict[str, Row] = {
     "tiny-2p-zero1": Row("mmp-tiny-rn", procs=2, workers=1, zero=1),
     "tiny-2p-zero2": Row("mmp-tiny-rn", procs=2, workers=1, zero=2),
     "vits-1p": Row("mmp-vit-s16-64", batch=32, note="ViT-S/16 towers at 64 px, text 32 tokens"),
+    "vits-2p-zero0": Row("mmp-vit-s16-64", procs=2, batch=32, workers=1, zero=0),
     "vits-2p-zero1": Row("mmp-vit-s16-64", procs=2, batch=32, workers=1, zero=1),
     "vitb32-gpu": Row("ViT-B-32", batch=256, workers=8, image_px=256, precision="bf16", gpu=True),
     "vitb16-gpu": Row("ViT-B-16", batch=256, workers=8, image_px=256, precision="bf16", gpu=True),
@@ -211,8 +212,8 @@ def run_job(command: list[str], env: dict[str, str], log_path: Path, timeout: fl
     """(return code, wall s, CPU s, peak RSS MiB of the largest process in the job's tree, minor page faults)."""
     start = time.perf_counter()
     with log_path.open("w") as log:
-        # Its own process group: a timeout, or this script stopped, takes torchrun's ranks and the DataLoader
-        # workers with it instead of leaving them to disturb the next job.
+        # A timeout, or this script stopped, takes the job's whole process tree with it (torchrun's ranks, the
+        # DataLoader workers) instead of leaving it to disturb the next job.
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                 start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -222,16 +223,32 @@ def run_job(command: list[str], env: dict[str, str], log_path: Path, timeout: fl
                 if pid:
                     break
                 if time.monotonic() > deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    _kill_tree(proc.pid)
                     pid, status, usage = os.wait4(proc.pid, 0)
                     break
                 time.sleep(0.2)
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
     return (proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime,
             usage.ru_maxrss / 1024, usage.ru_minflt)
+
+
+def _kill_tree(pid: int) -> None:
+    """The job and every process under it: torchrun starts each rank in a session of its own, so killing the
+    job's process group alone would leave the ranks training beside the next job."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for process in tree:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def ours_windows(work: Path, samples_per_step: int, warmup_steps: int) -> list[tuple[int, float]]:

@@ -3,9 +3,9 @@ same settings, and both logs are read into the same timed windows."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -71,3 +71,23 @@ def test_summary_ratios_pair_rounds() -> None:
     ours = next(s for s in bench.summarise(jobs, {"r": 1e9}, {}) if s["variant"] == "ours")
     assert ours["ratio_min"] == pytest.approx(0.9) and ours["ratio_max"] == pytest.approx(1.1)
     assert ours["achieved_tflops"] == pytest.approx(145.0 * 1e9 / 1e12)
+
+
+def test_a_stopped_job_takes_processes_in_their_own_sessions_with_it() -> None:
+    """torchrun starts each rank in a session of its own: killing the job's process group would leave them."""
+    import subprocess
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
+                               "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"])
+    deadline = time.monotonic() + 20
+    while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (rank,) = psutil.Process(parent.pid).children()
+    assert os.getsid(rank.pid) != os.getsid(parent.pid)
+    bench._kill_tree(parent.pid)
+    parent.wait(timeout=10)
+    rank.wait(timeout=10)  # psutil reaps nothing it does not own: wait() returns once the process is gone
+    assert not rank.is_running()
