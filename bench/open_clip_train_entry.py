@@ -1,6 +1,6 @@
 """open_clip_train's `main`, as `bench/train_throughput.py` runs it: `python bench/open_clip_train_entry.py ARGS` or
 `... open_clip_train_entry.py FLAGS.json` (a JSON list of its flags: under torchrun, whose own parser would take
-`--logs` for an abbreviation of its `--logs-specs` even after the script's name). Two things are done first, in this process only, neither of which changes how it trains:
+`--logs` for an abbreviation of its `--logs-specs` even after the script's name). Three things are done first, in this process only, neither of which changes how it trains:
 
 - our model configs (configs/models/*.json: mmp-tiny-rn, mmp-vit-s16-64) are registered with open_clip's factory,
   so both trainers build the same towers from the same JSON;

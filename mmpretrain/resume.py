@@ -33,10 +33,11 @@ MANIFEST = "data_manifest.json"
 LEGITIMATE = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
               "train.progress", "train.device", "eval", "logging", "optim.lr", "optim.warmup_steps",
               "optim.min_lr_ratio", "optim.grad_clip", "data.num_workers", "data.max_skip_fraction",
-              "data.skip_window", "train.malloc")
+              "data.skip_window", "train.malloc", "optim.fused")
+# optim.fused: the same update up to rounding, re-applied to the restored optimizer (schedule.keep_implementation).
 # Keys added after runs were already being written, with the value that reproduces what a run from before them
-# did: a checkpoint's config without the key is read as having that value, so resuming such a run is refused only
-# where the new default computes something else (optim.fused: same update, other rounding).
+# did: a checkpoint's config without the key is read as having that value, so a resume shows (and records) the
+# change where the new default differs.
 ADDED_KEYS = {"loss.impl": "gather", "data.synthetic": False, "train.malloc": "system", "optim.fused": False}
 # Not compared: the run directory is the same one by construction, and data_root only reaches the run through
 # the shard specs (compared resolved).

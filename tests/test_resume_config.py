@@ -97,8 +97,9 @@ def test_a_changed_model_is_refused_untouched_then_resumes_with_its_own_config_o
 
 
 def test_a_key_added_after_the_run_started_reads_as_the_old_behaviour():
-    """A checkpoint written before loss.impl / data.synthetic / train.malloc / optim.fused existed: the first three's
-    defaults compute what the old run computed, so only optim.fused (other rounding) is a difference to allow."""
+    """A checkpoint written before loss.impl / data.synthetic / train.malloc / optim.fused existed: the first two's
+    defaults compute what the old run computed; train.malloc and optim.fused differ, and may (check_resume's
+    LEGITIMATE: neither changes the update beyond rounding)."""
     new = config_to_dict(load_config(None))
     old = {section: dict(values) if isinstance(values, dict) else values for section, values in new.items()}
     for section, key in (("loss", "impl"), ("data", "synthetic"), ("train", "malloc"), ("optim", "fused")):
@@ -106,3 +107,29 @@ def test_a_key_added_after_the_run_started_reads_as_the_old_behaviour():
     assert config_differences(old, new) == {"optim.fused": (False, True), "train.malloc": ("system", "tuned")}
     new_unfused = config_to_dict(load_config(None, ["optim.fused=false", "train.malloc=system"]))
     assert config_differences(old, new_unfused) == {}
+
+
+def test_a_resume_with_another_optim_fused_runs_the_implementation_asked_for():
+    """torch's load_state_dict would restore the checkpoint's `fused` flag: keep_implementation gives the
+    restored optimizer this run's, and the fused step then runs on the restored state."""
+    import torch
+
+    from mmpretrain.engine.schedule import keep_implementation
+    from mmpretrain.resume import LEGITIMATE
+
+    assert "optim.fused" in LEGITIMATE
+    torch.manual_seed(0)
+    weights = torch.nn.Parameter(torch.randn(4, 3))
+    saved = torch.optim.AdamW([weights], lr=0.1)  # torch's default off CUDA: not fused
+    for _ in range(2):
+        weights.grad = torch.randn(4, 3)
+        saved.step()
+    resumed = torch.optim.AdamW([weights], lr=0.1, fused=True)
+    keep_implementation(resumed, lambda: resumed.load_state_dict(saved.state_dict()))
+    assert resumed.param_groups[0]["fused"] is True
+    weights.grad = torch.randn(4, 3)
+    resumed.step()
+    assert float(resumed.state[weights]["step"]) == 3.0
+    plain = torch.optim.AdamW([weights], lr=0.1)
+    keep_implementation(plain, lambda: plain.load_state_dict(resumed.state_dict()))
+    assert not plain.param_groups[0]["fused"]

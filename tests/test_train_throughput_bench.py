@@ -82,12 +82,15 @@ def test_a_stopped_job_takes_processes_in_their_own_sessions_with_it() -> None:
 
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
                                "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"])
-    deadline = time.monotonic() + 20
-    while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (rank,) = psutil.Process(parent.pid).children()
-    assert os.getsid(rank.pid) != os.getsid(parent.pid)
-    bench._kill_tree(parent.pid)
-    parent.wait(timeout=10)
-    rank.wait(timeout=10)  # psutil reaps nothing it does not own: wait() returns once the process is gone
-    assert not rank.is_running()
+    try:
+        deadline = time.monotonic() + 20
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (rank,) = psutil.Process(parent.pid).children()
+        assert os.getsid(rank.pid) != os.getsid(parent.pid)
+        bench._kill_tree(parent.pid)
+        parent.wait(timeout=10)
+        rank.wait(timeout=10)  # psutil reaps nothing it does not own: wait() returns once the process is gone
+        assert not rank.is_running()
+    finally:
+        bench._kill_tree(parent.pid)  # whatever failed above, nothing is left sleeping

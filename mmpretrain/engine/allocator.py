@@ -9,8 +9,10 @@ threshold at 1 GiB keeps those blocks in the heap for reuse. The measured effect
 ("Training throughput"); it is why `tuned` is the default.
 
 `mallopt` is called at start-up, before the DataLoader workers fork (they inherit the settings). It is the same as
-setting `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` before the process starts, which is why a value
-already in the environment wins: whoever set it chose. Off glibc (musl, macOS) or under an LD_PRELOADed allocator
+setting `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` (or `GLIBC_TUNABLES=glibc.malloc.*`) before the process
+starts, which is why a value already in the environment wins: whoever set it chose. The cost is memory the
+process keeps instead of returning: peak RSS +7% for mmp-tiny-rn in one process (1382 vs 1295 MiB), and the forked
+DataLoader workers inherit the thresholds too. Off glibc (musl, macOS) or under an LD_PRELOADed allocator
 (jemalloc, tcmalloc) nothing is changed.
 """
 
@@ -50,7 +52,7 @@ def _glibc_mallopt() -> Optional[ctypes._CFuncPtr]:
 
 def tune_malloc() -> bool:
     """Fix glibc's mmap and trim thresholds (see module doc). True when both were set by this call."""
-    if any(key in os.environ for key in ENV_KEYS):
+    if any(key in os.environ for key in ENV_KEYS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         log.debug("malloc: %s set in the environment, left as it is", [k for k in ENV_KEYS if k in os.environ])
         return False
     mallopt = _glibc_mallopt()

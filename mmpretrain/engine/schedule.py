@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import nn
@@ -74,8 +74,27 @@ def build_torch_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Opti
                              fused=fused or None)
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach")
+
+
+def keep_implementation(optimizer: torch.optim.Optimizer, restore: Callable[[], None]) -> None:
+    """Run `restore` (which loads a saved optimizer state) and give the param groups back this run's `fused` /
+    `foreach`: torch's `load_state_dict` takes them from the checkpoint, so a run resumed with another
+    `optim.fused` would silently keep the old implementation. Under fused the step counts move to the parameters'
+    device, where the fused kernel reads them."""
+    flags = [{k: group.get(k) for k in IMPLEMENTATION_FLAGS} for group in optimizer.param_groups]
+    restore()
+    for group, own in zip(optimizer.param_groups, flags):
+        group.update(own)
+        for param in group["params"] if own["fused"] else ():
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                optimizer.state[param]["step"] = step.to(device=param.device, dtype=torch.float32)
+
+
 def _fused_supported(params: list[torch.Tensor]) -> bool:
-    """torch's fused AdamW takes floating-point parameters, all on CPU or all on one CUDA device."""
+    """torch's fused AdamW takes floating-point parameters, all on CPU or all on CUDA (it groups them per
+    device)."""
     devices = {p.device.type for p in params}
     return bool(params) and len(devices) == 1 and devices <= {"cpu", "cuda"} and all(
         p.is_floating_point() for p in params)
