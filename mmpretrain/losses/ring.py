@@ -39,7 +39,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
-from mmpretrain.losses.blockwise import check_chunk_size
+from mmpretrain.losses.blockwise import check_chunk_size, in_fp32
 from mmpretrain.losses.distributed import ProcessGroup, RingShift, pad_rows, rank_and_world_size
 
 _BLOCK, _PARTIAL, _GRAD = 1, 2, 3  # message tags: a travelling block (and its statistics), an lse partial, grads
@@ -183,5 +183,6 @@ def ring_pair_logsumexp(images: torch.Tensor, columns: torch.Tensor, scale: torc
     if len(layout.columns) != world_size or layout.columns[rank] != columns.shape[0]:
         raise ValueError(f"rank {rank} of {world_size} holds {columns.shape[0]} text columns but the ring layout "
                          f"says {layout.columns}")
-    return _RingPairLogSumExp.apply(images, columns, torch.as_tensor(scale, dtype=images.dtype), layout, chunk,
-                                    group)
+    # In float32 at least, autocast off (blockwise.in_fp32): the blocks then travel in float32 under bf16 too.
+    return in_fp32(lambda i, c, s: _RingPairLogSumExp.apply(i, c, s, layout, chunk, group), images, columns,
+                   torch.as_tensor(scale, device=images.device))
