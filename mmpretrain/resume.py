@@ -34,7 +34,7 @@ LEGITIMATE = ("train.steps", "train.log_every", "train.checkpoint_every", "train
               "train.progress", "train.device", "eval", "logging", "optim.lr", "optim.warmup_steps",
               "optim.min_lr_ratio", "optim.grad_clip", "data.num_workers", "data.max_skip_fraction",
               "data.skip_window", "train.malloc", "optim.fused")
-# optim.fused: the same update up to rounding, re-applied to the restored optimizer (schedule.keep_implementation).
+# optim.fused: the same update up to rounding, kept by the restored optimizer (schedule.keep_own_implementation).
 # Keys added after runs were already being written, with the value that reproduces what a run from before them
 # did: a checkpoint's config without the key is read as having that value, so a resume shows (and records) the
 # change where the new default differs.

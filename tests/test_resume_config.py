@@ -110,26 +110,29 @@ def test_a_key_added_after_the_run_started_reads_as_the_old_behaviour():
 
 
 def test_a_resume_with_another_optim_fused_runs_the_implementation_asked_for():
-    """torch's load_state_dict would restore the checkpoint's `fused` flag: keep_implementation gives the
-    restored optimizer this run's, and the fused step then runs on the restored state."""
+    """torch's load_state_dict would restore the checkpoint's `fused` flag: the optimizer build_torch_adamw makes
+    keeps its own (schedule.keep_own_implementation), and the fused step then runs on the restored state."""
     import torch
 
-    from mmpretrain.engine.schedule import keep_implementation
+    from mmpretrain.engine.schedule import OptimConfig, build_torch_adamw
     from mmpretrain.resume import LEGITIMATE
+
+    def adamw(params, fused: bool) -> torch.optim.Optimizer:
+        return build_torch_adamw(torch.nn.ParameterList(params), OptimConfig(lr=0.1, weight_decay=0.0, fused=fused))
 
     assert "optim.fused" in LEGITIMATE
     torch.manual_seed(0)
     weights = torch.nn.Parameter(torch.randn(4, 3))
-    saved = torch.optim.AdamW([weights], lr=0.1)  # torch's default off CUDA: not fused
+    saved = adamw([weights], fused=False)  # torch's default off CUDA
     for _ in range(2):
         weights.grad = torch.randn(4, 3)
         saved.step()
-    resumed = torch.optim.AdamW([weights], lr=0.1, fused=True)
-    keep_implementation(resumed, lambda: resumed.load_state_dict(saved.state_dict()))
+    resumed = adamw([weights], fused=True)
+    resumed.load_state_dict(saved.state_dict())
     assert resumed.param_groups[0]["fused"] is True
     weights.grad = torch.randn(4, 3)
     resumed.step()
     assert float(resumed.state[weights]["step"]) == 3.0
-    plain = torch.optim.AdamW([weights], lr=0.1)
-    keep_implementation(plain, lambda: plain.load_state_dict(resumed.state_dict()))
+    plain = adamw([weights], fused=False)
+    plain.load_state_dict(resumed.state_dict())
     assert not plain.param_groups[0]["fused"]

@@ -28,7 +28,7 @@ from torch import nn
 from mmpretrain.engine.base import EngineBase, StepReport
 from mmpretrain.engine.objective import ContrastiveObjective
 from mmpretrain.errors import ConfigError
-from mmpretrain.engine.schedule import WarmupCosineLR, apply_schedule, keep_implementation
+from mmpretrain.engine.schedule import WarmupCosineLR, apply_schedule
 from mmpretrain.paths import configs_dir
 
 log = logging.getLogger(__name__)
@@ -187,24 +187,14 @@ class DeepSpeedEngine(EngineBase):
         if universal:
             folder = _universal_checkpoint(folder)
         self.engine._config.load_universal_checkpoint = universal  # read by load_checkpoint, nowhere else
-        loaded: list[Optional[str]] = []
         try:
-            keep_implementation(_torch_optimizer(self.engine.optimizer), lambda: loaded.append(
-                self.engine.load_checkpoint(str(folder.parent), tag=folder.name)[0]))
+            path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
         finally:
             self.engine._config.load_universal_checkpoint = False
-        path = loaded[0] if loaded else None
         if path is None:
             raise FileNotFoundError(f"could not load DeepSpeed checkpoint {folder}")
         if isinstance(self.scheduler, WarmupCosineLR):
             apply_schedule(self.scheduler)  # the ZeRO optimizer's restored param groups carry the saved lrs
-
-
-def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16), whose param groups carry `fused`."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 def _universal_checkpoint(folder: Path) -> Path:

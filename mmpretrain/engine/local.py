@@ -12,7 +12,6 @@ from torch import nn
 
 from mmpretrain.engine.base import EngineBase, StepReport
 from mmpretrain.engine.objective import ContrastiveObjective
-from mmpretrain.engine.schedule import keep_implementation
 from mmpretrain.errors import ConfigError
 
 
@@ -95,5 +94,5 @@ class LocalEngine(EngineBase):
                               "engine.name=deepspeed, whose state is in its step folder): resume it with "
                               "engine.name=deepspeed")
         load_model_state(self.model, state["model"])
-        keep_implementation(self.optimizer, lambda: self.optimizer.load_state_dict(state["optimizer"]))
+        self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

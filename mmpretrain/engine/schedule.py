@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -70,26 +70,25 @@ def build_torch_adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Opti
     config.validate()
     groups = param_groups(model, config.weight_decay)
     fused = config.fused and _fused_supported([p for g in groups for p in g["params"]])
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), eps=config.eps,
-                             fused=fused or None)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(config.betas[0], config.betas[1]), eps=config.eps,
+                                  fused=fused or None)
+    optimizer.register_load_state_dict_pre_hook(keep_own_implementation)
+    return optimizer
 
 
 IMPLEMENTATION_FLAGS = ("fused", "foreach")
 
 
-def keep_implementation(optimizer: torch.optim.Optimizer, restore: Callable[[], None]) -> None:
-    """Run `restore` (which loads a saved optimizer state) and give the param groups back this run's `fused` /
-    `foreach`: torch's `load_state_dict` takes them from the checkpoint, so a run resumed with another
-    `optim.fused` would silently keep the old implementation. Under fused the step counts move to the parameters'
-    device, where the fused kernel reads them."""
-    flags = [{k: group.get(k) for k in IMPLEMENTATION_FLAGS} for group in optimizer.param_groups]
-    restore()
-    for group, own in zip(optimizer.param_groups, flags):
-        group.update(own)
-        for param in group["params"] if own["fused"] else ():
-            step = optimizer.state.get(param, {}).get("step")
-            if isinstance(step, torch.Tensor):
-                optimizer.state[param]["step"] = step.to(device=param.device, dtype=torch.float32)
+def keep_own_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    """A load_state_dict pre-hook: the saved param groups get this optimizer's `fused` / `foreach`.
+
+    torch takes those flags from the saved groups, so a run resumed with another `optim.fused` would silently keep
+    the checkpoint's implementation. With the flags replaced before torch reads them, torch also places the step
+    counts where this implementation wants them (on the parameters' device under fused). Registered on the
+    optimizer itself (not a subclass: DeepSpeed's ZeRO refuses optimizer types it does not know), so every engine
+    restores through plain `load_state_dict`."""
+    own = [{key: group.get(key) for key in IMPLEMENTATION_FLAGS} for group in optimizer.param_groups]
+    return {**state_dict, "param_groups": [{**saved, **mine} for saved, mine in zip(state_dict["param_groups"], own)]}
 
 
 def _fused_supported(params: list[torch.Tensor]) -> bool:
