@@ -24,7 +24,7 @@ import json
 import logging
 import random
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -147,10 +147,6 @@ class SyntheticLoader:
         self.batches = 0
         self.budget = SkipBudget(config.max_skip_fraction, config.skip_window)
         self._closed = False
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield self.next_batch()
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         if self._closed:
