@@ -38,6 +38,7 @@ Writes `bench/results/train_throughput.json` (every job's row) and prints the Ma
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -318,6 +319,7 @@ def measure(name: str, row: Row, variant: str, round_index: int, shards: list[st
 
 # ------------------------------------------------------------------------------------------------ FLOPs
 
+@functools.lru_cache(maxsize=None)  # rows share models: each is built and counted once
 def flops_per_sample(model_name: str) -> float:
     """Forward + backward FLOPs per sample of both towers and the contrastive loss (torch.utils.flop_counter,
     which counts matmuls and convolutions: the model FLOPs MFU is defined on), on the real towers."""
